@@ -1,0 +1,20 @@
+"""Photon: instruction-conditioned visual token pruning for Qwen-VL models.
+
+Public API: attach(), detach(), last_selection(), load(), load_config().
+Heavy modules (transformers) load on first use, so `import photon` stays fast.
+"""
+
+from photon.core.config import load_config
+from photon.core.errors import PhotonError
+
+__version__ = "0.1.0"
+
+__all__ = ["attach", "detach", "last_selection", "load", "load_config", "PhotonError", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("attach", "detach", "last_selection", "load"):
+        from photon.core import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'photon' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from photon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Backbone-agnostic Photon: ITS, SGP, objective, schedule, plugin hooks and the pruned runtime."""

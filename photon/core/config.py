@@ -1,0 +1,142 @@
+"""Structured configs (OmegaConf over dataclasses) holding every Photon constant.
+
+Defaults are PHOTON_SPEC.md's; every field is documented in docs/config.md (a test checks it).
+YAML files under configs/ are merged over these schemas, then dotlist overrides
+(`selection.tau=0.1`) over the YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from photon.core.errors import PhotonError
+
+
+@dataclass
+class SelectionConfig:
+    """Where and how visual tokens are chosen (spec sections 2-4)."""
+
+    layer: int | None = None  # None: floor(num_layers / 4) - 1
+    mode: str = "trained"  # trained: the threshold predictor; zero_shot: a training-free rule
+    rule: str = "mean"  # zero-shot rule: mean (rho above the sample's mean) | theta | keep_ratio
+    theta: float | None = None  # fixed threshold on rho (rule theta, or overriding the predictor)
+    keep_ratio: float | None = None  # top-k by rho at this fraction of the visual tokens
+    keep: str | None = None  # "all": selection runs and is recorded but nothing is dropped
+    min_keep: int = 1  # floor on kept visual tokens per sample
+    tau: float = 0.2  # temperature of q = sigmoid((rho - theta) / tau)
+    theta_scale: float = 0.9  # theta = theta_scale * sigmoid(MLP(features))
+    predictor_bias_init: float = -5.0  # last MLP bias at init: theta ~ 0.006, keep almost all
+    predictor_hidden_div: int = 8  # MLP width = LLM hidden size / this
+    rho_eps: float = 1e-8  # rho = (u - min) / (max - min + rho_eps)
+    flat_saliency_eps: float = 1e-12  # max u - min u below this counts as no signal: keep all
+    cache: str = "evict_all"  # evict_all: every layer's cache holds kept tokens; keep_early: layers <= l keep all
+
+
+@dataclass
+class SGPConfig:
+    """Surrogate gradient of the hard gather (spec section 5 and 6b)."""
+
+    beta: float = 0.8
+    sigma_floor: float = 3e-3
+    z_clip: float = 1.5
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    scale_eps: float = 1e-6
+    slope_floor: float = 5e-3  # floor on q (1 - q)
+    statistics: str = "visual"  # visual (release): stats over every visual token; kept (paper)
+    zero_mean: bool = True  # release: subtract the mean direction over the statistics tokens
+
+
+@dataclass
+class ScheduleConfig:
+    """Stage by training step and the per-batch draws (spec section 6)."""
+
+    soft_start: int = 4000
+    hard_start: int = 8000
+    flip_start: int = 9000
+    flip_prob: float = 0.05
+    robust_prob: float = 0.15
+    # Order: permute_patches, permute_patches_features, zero_patches, zero_features, noise, zeros.
+    augment_probs: list[float] = field(default_factory=lambda: [0.16, 0.16, 0.16, 0.16, 0.16, 0.20])
+    zero_patches_keep: float = 0.2
+    zero_features_keep: float = 0.1
+    # The paper gives absolute boundaries; with scale_with_run the boundaries become
+    # fractions of reference_steps (this project's choice, the paper states no run length)
+    # applied to the run's own length.
+    scale_with_run: bool = False
+    reference_steps: int = 10000
+    seed: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Objective terms (spec section 6)."""
+
+    band_low: float = 0.3
+    band_high: float = 0.8
+    flip_eps: float = 1e-6
+    objective: str = "release"  # release: (CE | robust | flip) + band; paper: (CE + band | robust) + flip
+
+
+@dataclass
+class PhotonConfig:
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    sgp: SGPConfig = field(default_factory=SGPConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    schema: Any = PhotonConfig,
+) -> DictConfig:
+    """Merge a YAML file and dotlist overrides over a structured schema.
+
+    Unknown keys and wrongly typed values raise PhotonError naming the file or override.
+    """
+    merged = OmegaConf.structured(schema)
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise PhotonError(f"config file {path} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+    except PhotonError:
+        raise
+    except Exception as exc:  # omegaconf's own errors name the key; add the file
+        raise PhotonError(f"config file {path}: {exc}") from exc
+    if overrides:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        except Exception as exc:
+            raise PhotonError(f"config override {' '.join(overrides)}: {exc}") from exc
+    return merged
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """The dataclass instance behind a merged config."""
+    return OmegaConf.to_object(cfg)
+
+
+# Which schema a YAML under configs/ is merged over, by its folder. Values are import paths
+# so this module stays free of the training and evaluation packages.
+SCHEMAS_BY_FOLDER = {
+    "configs": "photon.core.config:PhotonConfig",
+}
+
+
+def schema_for(path: str | Path) -> Any:
+    """The structured schema for a YAML under configs/, chosen by its folder."""
+    import importlib
+
+    folder = Path(path).resolve().parent.name
+    target = SCHEMAS_BY_FOLDER.get(folder)
+    if target is None:
+        raise PhotonError(f"{path}: no config schema for folder {folder!r}; known: {', '.join(SCHEMAS_BY_FOLDER)}")
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,103 @@
+"""Band, flip and robust losses and the schedule (PHOTON_SPEC section 6)."""
+
+import math
+
+import pytest
+import torch
+
+from photon.core import losses
+from photon.core.config import ScheduleConfig
+from photon.core.schedule import AUGMENTATIONS, Schedule, Stage, batch_generator, plan_batch, robust_augment
+
+
+@pytest.mark.parametrize("rate, expected", [(0.1, 0.2), (0.3, 0.0), (0.55, 0.0), (0.8, 0.0), (0.95, 0.15)])
+def test_band_loss_below_inside_and_above(rate, expected):
+    q = torch.full((1, 4), rate)
+    vis = torch.tensor([[True, True, True, False]])
+    q[0, 3] = 0.0  # a text position must not count
+    assert losses.band_loss(q, vis).item() == pytest.approx(expected, abs=1e-6)
+    assert bool(losses.band_triggered(q, vis)[0]) == (expected > 0)
+
+
+def test_band_loss_averages_samples_with_visual_tokens_only():
+    q = torch.tensor([[0.1, 0.1], [0.9, 0.9]])
+    vis = torch.tensor([[True, True], [False, False]])
+    assert losses.band_loss(q, vis).item() == pytest.approx(0.2)
+
+
+def _logits_for(p_correct, vocab=4):
+    # logits with softmax prob p_correct on token 1
+    rest = (1 - p_correct) / (vocab - 1)
+    return torch.log(torch.tensor([rest, p_correct, rest, rest]))
+
+
+def test_flip_and_robust_losses_on_hand_values():
+    logits = torch.stack([_logits_for(0.5), _logits_for(0.9), _logits_for(0.25)]).unsqueeze(0)  # (1, 3, 4)
+    labels = torch.tensor([[-100, 1, 1]])  # rows 0 and 1 predict answer tokens
+    assert losses.flip_loss(logits, labels).item() == pytest.approx(
+        (-math.log(0.5 + 1e-6) - math.log(0.1 + 1e-6)) / 2, rel=1e-5
+    )
+    h0 = -(0.5 * math.log(0.5) + 3 * (0.5 / 3) * math.log(0.5 / 3))
+    h1 = -(0.9 * math.log(0.9) + 3 * (0.1 / 3) * math.log(0.1 / 3))
+    assert losses.robust_entropy_loss(logits, labels).item() == pytest.approx(-(h0 + h1) / 2, rel=1e-5)
+    assert losses.causal_lm_loss(logits, labels).item() == pytest.approx((-math.log(0.5) - math.log(0.9)) / 2, rel=1e-5)
+
+
+def test_losses_without_answer_tokens_are_zero_and_keep_the_graph():
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    labels = torch.full((1, 3), -100)
+    for fn in (losses.causal_lm_loss, losses.flip_loss, losses.robust_entropy_loss):
+        value = fn(logits, labels)
+        assert value.item() == 0.0 and value.requires_grad
+
+
+def test_combine_objective_release_and_paper():
+    main, band, flip = torch.tensor(1.0), torch.tensor(0.5), torch.tensor(2.0)
+    assert losses.combine_objective(main=main, band=band).item() == 1.5
+    assert losses.combine_objective(main=main, band=band, flip=flip).item() == 2.5
+    assert losses.combine_objective(main=main, flip=flip, objective="paper").item() == 3.0
+
+
+def test_stage_boundaries():
+    s = Schedule()
+    assert [s.stage(t) for t in (0, 3999, 4000, 7999, 8000, 8999, 9000, 10**6)] == [
+        Stage.FULL, Stage.FULL, Stage.SOFT, Stage.SOFT, Stage.HARD, Stage.HARD, Stage.FLIP, Stage.FLIP,
+    ]
+    scaled = Schedule.from_config(ScheduleConfig(scale_with_run=True), total_steps=100)
+    assert (scaled.soft_start, scaled.hard_start, scaled.flip_start) == (40, 80, 90)
+    with pytest.raises(ValueError):
+        Schedule(10, 5, 20)
+
+
+def test_batch_plans_are_reproducible_and_follow_the_probabilities():
+    cfg = ScheduleConfig()
+    s = Schedule()
+    plans = [plan_batch(step, s, cfg) for step in range(9000, 13000)]
+    assert plans == [plan_batch(step, s, cfg) for step in range(9000, 13000)]
+    robust = sum(p.augment is not None for p in plans) / len(plans)
+    flips = sum(p.flip for p in plans) / sum(p.augment is None for p in plans)
+    assert 0.12 < robust < 0.18 and 0.03 < flips < 0.07
+    assert not any(p.flip and p.augment for p in plans)
+    assert {p.augment for p in plans if p.augment} == set(AUGMENTATIONS)
+    # No flips before flip_start; no band term on augmented batches.
+    assert not any(plan_batch(t, s, cfg).flip for t in range(8000, 9000))
+    assert all(not p.band for p in plans if p.augment)
+    assert not plan_batch(10, s, cfg).prunes
+
+
+def test_robust_augmentations():
+    torch.manual_seed(0)
+    x = torch.rand(500, 40) + 1.0
+    gen = lambda: batch_generator(3, 7)  # noqa: E731
+    perm = robust_augment(x, "permute_patches", gen())
+    assert torch.equal(perm.sort(0).values, x.sort(0).values) and not torch.equal(perm, x)
+    both = robust_augment(x, "permute_patches_features", gen())
+    assert torch.allclose(both.sum(), x.sum()) and not torch.equal(both.sort(0).values, x.sort(0).values)
+    kept_rows = (robust_augment(x, "zero_patches", gen()).abs().sum(1) > 0).float().mean()
+    assert 0.12 < kept_rows < 0.28
+    kept_cols = (robust_augment(x, "zero_features", gen()).abs().sum(0) > 0).float().mean()
+    assert kept_cols <= 0.25
+    noise = robust_augment(x, "noise", gen())
+    assert noise.min() >= x.min() and noise.max() <= x.max() and not torch.equal(noise, x)
+    assert (robust_augment(x, "zeros", gen()) == 0).all()
+    assert torch.equal(robust_augment(x, "noise", gen()), robust_augment(x, "noise", gen()))
