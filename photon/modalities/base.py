@@ -1,0 +1,47 @@
+"""What every modality loader returns, and the dispatch that picks a loader for a path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from photon.core import plugins
+from photon.core.errors import PhotonError
+
+
+@dataclass
+class Media:
+    """Frames in the model-input convention, ready for a backbone's pixel packing.
+
+    frames: (T, C, H, W) float32 in [0, 1]. For a CT volume T runs inferior -> superior,
+    H anterior -> posterior, W patient-left -> patient-right (PHOTON_SPEC section 1), C = 1.
+    Images and video frames have C = 3 (RGB) or 1 (grey).
+    """
+
+    frames: np.ndarray
+    kind: str  # "volume" | "image" | "video"
+    source: str
+    fps: float | None = None  # frames per second of the sampled frames (video), 1.0 for volumes
+    meta: dict[str, Any] = field(default_factory=dict)  # spacing, axcodes, original shape, timestamps...
+
+    def __post_init__(self):
+        if self.frames.ndim != 4:
+            raise PhotonError(f"{self.source}: expected frames shaped (T, C, H, W), got {self.frames.shape}")
+
+
+def load_media(path: str | Path, kind: str | None = None, **options) -> Media:
+    """Open `path` with the modality a plugin chooses for it (choose_modality hook)."""
+    path = Path(path)
+    if not path.exists():
+        raise PhotonError(f"{path}: no such file or folder")
+    pm = plugins.load_plugins()
+    name = pm.hook.choose_modality(path=path, kind=kind)
+    if name is None:
+        raise PhotonError(f"{path}: no registered modality opens this file (kind={kind}); see `photon plugins`")
+    registered = plugins.modalities().get(name)
+    if registered is None:
+        raise PhotonError(f"{path}: modality {name!r} was chosen but is not registered")
+    return registered.obj(path, **options)
