@@ -32,6 +32,11 @@ class Media:
             raise PhotonError(f"{self.source}: expected frames shaped (T, C, H, W), got {self.frames.shape}")
 
 
+def explain(exc: BaseException) -> str:
+    """A library exception as one line for a PhotonError message: its type and text."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 @dataclass(frozen=True)
 class Modality:
     """A loader to register with register_modalities, plus what `photon inspect` can ask of it.

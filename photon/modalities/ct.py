@@ -9,6 +9,7 @@ D runs inferior -> superior, H anterior -> posterior, W patient-left -> patient-
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ def calibrate(volume: Volume, cfg: CTConfig) -> Volume:
             "give slope and intercept (CT-RATE: `photon preprocess --metadata metadata.csv`, or the "
             "RescaleSlope/RescaleIntercept options), or calibration=hu if it is already in HU"
         )
-    meta["calibration"] = f"raw: HU = {cfg.slope:g} * stored + {cfg.intercept:g}"
+    sign = "-" if cfg.intercept < 0 else "+"
+    meta["calibration"] = f"raw: HU = {cfg.slope:g} * stored {sign} {abs(cfg.intercept):g}"
     return replace(volume, data=(data * np.float32(cfg.slope) + np.float32(cfg.intercept)).astype(np.float32), meta=meta)
 
 
@@ -92,17 +94,18 @@ def reorient(volume: Volume, axcodes) -> Volume:
 
 
 def resampled_shape(shape, spacing, target) -> tuple[int, ...]:
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+    """Voxels per axis after resampling to `target` mm: the whole voxels that fit the extent."""
+    return tuple(max(1, math.floor(n * (s / t))) for n, s, t in zip(shape, spacing, target))
 
 
 def resample(volume: Volume, spacing, interpolation: str = "linear") -> Volume:
-    """Resample to `spacing` mm per voxel axis, keeping the physical extent (align_corners=False)."""
+    """Resample to exactly `spacing` mm per voxel axis, the new grid starting at the old one's edge."""
     current = np.array(volume.spacing)
     if np.allclose(current, spacing, atol=1e-3):
         return volume
-    shape = resampled_shape(volume.data.shape, current, spacing)
-    data = resize_volume(volume.data, shape, "nearest" if interpolation == "nearest" else "trilinear")
-    step = np.array(volume.data.shape) / np.array(shape)  # old voxels per new voxel
+    scale = tuple(float(c / t) for c, t in zip(current, spacing))
+    data = resize_volume(volume.data, scale=scale, mode="nearest" if interpolation == "nearest" else "trilinear")
+    step = 1 / np.array(scale)  # old voxels per new voxel
     to_old = np.eye(4)
     to_old[:3, :3] = np.diag(step)
     to_old[:3, 3] = (step - 1) / 2  # new voxel centre m sits at old index step * m + (step - 1) / 2

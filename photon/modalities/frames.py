@@ -13,7 +13,7 @@ import numpy as np
 
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
-from photon.modalities.base import Media, Modality
+from photon.modalities.base import Media, Modality, explain
 from photon.modalities.config import FramesConfig, options_from
 from photon.modalities.resize import resize_frames, smart_resize
 from photon.modalities.volumes import IMAGE_SUFFIXES, is_dicom_file
@@ -48,7 +48,7 @@ def read_image(path: Path, cfg: FramesConfig) -> np.ndarray:
     except PhotonError:
         raise
     except Exception as exc:
-        raise PhotonError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
+        raise PhotonError(f"{path}: not a readable image ({explain(exc)}); truncated or corrupt?") from exc
 
 
 def _read_dicom_image(path: Path, cfg: FramesConfig) -> np.ndarray:
@@ -58,7 +58,7 @@ def _read_dicom_image(path: Path, cfg: FramesConfig) -> np.ndarray:
         ds = pydicom.dcmread(str(path))
         pixels = ds.pixel_array.astype(np.float32)
     except Exception as exc:
-        raise PhotonError(f"{path}: not a readable DICOM image ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
+        raise PhotonError(f"{path}: not a readable DICOM image ({explain(exc)}); truncated or corrupt?") from exc
     if int(ds.get("SamplesPerPixel", 1)) == 3:  # colour (ultrasound, photographs)
         frames = pixels if pixels.ndim == 4 else pixels[None]
         return (frames / max(float(frames.max()), 1.0)).transpose(0, 3, 1, 2)

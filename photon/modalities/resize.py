@@ -53,16 +53,21 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized.clamp_(0.0, 1.0).numpy()
 
 
-def resize_volume(volume: np.ndarray, shape: tuple[int, int, int], mode: str = "trilinear") -> np.ndarray:
-    """A 3D array resized to `shape` (trilinear or nearest), keeping its physical extent."""
-    if tuple(volume.shape) == tuple(shape):
+def resize_volume(volume: np.ndarray, shape: tuple[int, int, int] | None = None, *, scale: tuple[float, float, float] | None = None,
+                  mode: str = "trilinear") -> np.ndarray:
+    """A 3D array resized to `shape`, or by `scale` per axis (output floor(n * scale) voxels whose
+    centres sit exactly 1 / scale input voxels apart), trilinear or nearest."""
+    if scale is None and tuple(volume.shape) == tuple(shape):
         return np.ascontiguousarray(volume, dtype=np.float32)
     import torch
     import torch.nn.functional as F
 
     tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    size = None if scale is not None else tuple(shape)
+    scale = tuple(float(s) for s in scale) if scale is not None else None
     if mode == "nearest":
-        out = F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")
+        out = F.interpolate(tensor, size=size, scale_factor=scale, mode="nearest-exact", recompute_scale_factor=False if scale else None)
     else:
-        out = F.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=False)
+        out = F.interpolate(tensor, size=size, scale_factor=scale, mode="trilinear", align_corners=False,
+                            recompute_scale_factor=False if scale else None)
     return out[0, 0].numpy()

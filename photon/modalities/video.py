@@ -17,7 +17,7 @@ import numpy as np
 
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
-from photon.modalities.base import Media, Modality
+from photon.modalities.base import Media, Modality, explain
 from photon.modalities.config import VideoConfig, options_from
 from photon.modalities.resize import resize_frames, smart_resize
 
@@ -76,7 +76,7 @@ def probe(path: Path, backend: str) -> VideoInfo:
     except PhotonError:
         raise
     except Exception as exc:
-        raise PhotonError(f"{path}: not a readable video ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
+        raise PhotonError(f"{path}: not a readable video ({explain(exc)}); truncated or corrupt?") from exc
 
 
 def _decord_reader(path: Path):
@@ -94,7 +94,7 @@ def read_frames(path: Path, indices: np.ndarray, backend: str) -> np.ndarray:
     except PhotonError:
         raise
     except Exception as exc:
-        raise PhotonError(f"{path}: cannot decode frames ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
+        raise PhotonError(f"{path}: cannot decode frames ({explain(exc)}); truncated or corrupt?") from exc
 
 
 def _read_frames_pyav(path: Path, indices: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from photon.core.errors import PhotonError
+from photon.modalities.base import explain
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -96,7 +97,7 @@ def read_nifti(path: Path) -> Volume:
         image = nib.load(str(path))
         shape = tuple(int(n) for n in image.shape)
     except Exception as exc:
-        raise PhotonError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        raise PhotonError(f"{path}: not a readable NIfTI file ({explain(exc)})") from exc
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) > 3:
@@ -109,7 +110,7 @@ def read_nifti(path: Path) -> Volume:
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as exc:
         raise PhotonError(
-            f"{path}: cannot read the voxel data ({type(exc).__name__}: {exc}); the file is truncated or corrupt"
+            f"{path}: cannot read the voxel data ({explain(exc)}); the file is truncated or corrupt"
         ) from exc
     slope, intercept = image.header.get_slope_inter()
     meta = {
@@ -138,7 +139,7 @@ def read_dicom_series(folder: Path) -> Volume:
         try:
             slices.append((file, pydicom.dcmread(str(file))))
         except Exception as exc:
-            raise PhotonError(f"{file}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+            raise PhotonError(f"{file}: not a readable DICOM file ({explain(exc)})") from exc
     slices = [(f, ds) for f, ds in slices if "PixelData" in ds and "ImagePositionPatient" in ds]
     if not slices:
         raise PhotonError(f"{folder}: its DICOM files hold no image slices with a position; {VOLUME_EXPECTED}")
@@ -165,7 +166,7 @@ def read_dicom_series(folder: Path) -> Volume:
         try:
             pixels = ds.pixel_array.astype(np.float32)
         except Exception as exc:
-            raise PhotonError(f"{file}: cannot decode the pixel data ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
+            raise PhotonError(f"{file}: cannot decode the pixel data ({explain(exc)}); truncated or corrupt?") from exc
         if pixels.ndim != 2:
             raise PhotonError(f"{file}: pixel data of shape {pixels.shape}; expected one grey 2D slice per file")
         if planes and pixels.T.shape != planes[0].shape:
