@@ -21,6 +21,10 @@ BUILTIN_PLUGINS = (
     "photon.core.pruners",
     "photon.commands.plugins",
     "photon.commands.config",
+    "photon.commands.preprocess",
+    "photon.modalities.ct",
+    "photon.modalities.frames",
+    "photon.modalities.video",
 )
 
 pm = pluggy.PluginManager("photon")
