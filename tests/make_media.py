@@ -88,7 +88,7 @@ def dicom_series(folder: Path, n_slices: int = 4, marker_slice: int = 2, shuffle
 
 
 def write_mp4(path: Path, n_frames: int = 25, fps: int = 10, size=(48, 64)) -> Path:
-    """Frame n is uniformly red with value 10 * n, so a decoded frame tells its own index."""
+    """Frame n is uniformly grey at level 10 * n, so a decoded frame tells its own index."""
     import av
 
     height, width = size
@@ -97,7 +97,7 @@ def write_mp4(path: Path, n_frames: int = 25, fps: int = 10, size=(48, 64)) -> P
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for n in range(n_frames):
             frame = np.zeros((height, width, 3), dtype=np.uint8)
-            frame[..., 0] = 10 * n
+            frame[...] = 10 * n
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
