@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "photon.commands.plugins",
     "photon.commands.config",
     "photon.commands.preprocess",
+    "photon.commands.convert",
     "photon.modalities.ct",
     "photon.modalities.frames",
     "photon.modalities.video",
