@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = (
     "photon.core.pruners",
     "photon.commands.plugins",
     "photon.commands.config",
+    "photon.commands.inspect",
     "photon.commands.preprocess",
     "photon.commands.convert",
     "photon.modalities.ct",
