@@ -9,6 +9,7 @@ import pytest
 
 from photon.core import config as config_module
 from photon.core import hookspecs, plugins
+from photon.modalities.config import DataConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -37,7 +38,7 @@ def _keys(schema, prefix=""):
             yield f"{prefix}{f.name}"
 
 
-DOCUMENTED_SCHEMAS = [config_module.PhotonConfig]
+DOCUMENTED_SCHEMAS = [config_module.PhotonConfig, DataConfig]
 
 
 @pytest.mark.parametrize("key", [k for s in DOCUMENTED_SCHEMAS for k in _keys(s)])
