@@ -18,6 +18,7 @@ import pluggy
 from photon.core import hookspecs
 
 BUILTIN_PLUGINS = (
+    "photon.adapters.qwen2_5_vl",
     "photon.core.pruners",
     "photon.commands.plugins",
     "photon.commands.config",
