@@ -23,6 +23,7 @@ class BackboneSpec:
     load: Callable[..., Any]  # load(source_or_folder, **options) -> (model, encoder)
     model_type: str = ""  # transformers config.model_type this backbone's adapter serves
     make_adapter: Callable[[Any], "Adapter"] | None = None  # make_adapter(model) -> Adapter
+    load_folder: Callable[..., Any] | None = None  # load_folder(path, **options) -> Loaded, for checkpoint folders
     patch_size: int = 14
     merge_size: int = 2
     temporal_patch_size: int = 2
@@ -87,4 +88,4 @@ class Loaded:
     model: Any
     encoder: Any  # photon.adapters.qwen_inputs.QwenEncoder (SampleEncoder protocol)
     backbone: str
-    photon: dict[str, Any] | None = None  # {"layer": l, "state": predictor state dict} from a checkpoint
+    photon: dict[str, Any] | None = None  # {"layer": l, "state": pruner state dict, ...} from a checkpoint

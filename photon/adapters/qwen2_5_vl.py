@@ -212,7 +212,7 @@ def photon_weights(folder: Path) -> dict[str, Any] | None:
                 match = _PREDICTOR_KEY.match(key)
                 if match:
                     layers.add(int(match.group(1)))
-                    state[match.group(2)] = handle.get_tensor(key)
+                    state[f"predictor.{match.group(2)}"] = handle.get_tensor(key)
     if not state:
         return None
     if len(layers) != 1:
@@ -295,6 +295,7 @@ def _spec(name, source, description, load, **geometry) -> BackboneSpec:
         load=load,
         model_type="qwen2_5_vl",
         make_adapter=make_adapter,
+        load_folder=load_pretrained,
         **geometry,
     )
 
