@@ -68,6 +68,15 @@ class Adapter(Protocol):
     def text_model(self, model: nn.Module) -> nn.Module:
         """The module whose forward the runtime replaces (stock decoder layers, rotary, norm)."""
 
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        """The vision encoder (trained at its own learning rate in phase 2)."""
+
+    def patch_embedding(self, model: nn.Module) -> nn.Module:
+        """The patch embedding (the only module phase 1 trains)."""
+
+    def install_volume_embedding(self, model: nn.Module, *, init: str, seed: int = 0) -> nn.Module:
+        """Put Photon's grey 3D patch embedding in place of the backbone's RGB one."""
+
     def query_key(self, layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer's attention query (B, Hq, L, Dh) and key (B, Hkv, L, Dh) after RoPE, from its input."""
 

@@ -69,6 +69,15 @@ class Qwen25VLAdapter:
     def text_model(self, model):
         return model.model.language_model
 
+    def vision_tower(self, model):
+        return model.model.visual
+
+    def patch_embedding(self, model):
+        return model.model.visual.patch_embed
+
+    def install_volume_embedding(self, model, *, init: str, seed: int = 0):
+        return install_volume_embedding(model, init=init, seed=seed)
+
     def query_key(self, layer, hidden, position_embeddings):
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 

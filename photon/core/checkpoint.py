@@ -41,19 +41,6 @@ def versions() -> dict[str, str]:
     return {"photon": __version__, "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
 
 
-def photon_state(model) -> dict[str, torch.Tensor]:
-    """Photon's own trainable modules (the pruner's), by name within the pruner."""
-    return {
-        k[len(_PRUNER_PREFIX):]: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if k.startswith(_PRUNER_PREFIX)
-    }
-
-
-def backbone_state(model) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(_PRUNER_PREFIX)}
-
-
 def describe(model, backbone: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """photon.yaml's content for an attached (or plain) model."""
     runtime = getattr(model, "_photon", None)
@@ -80,22 +67,41 @@ def describe(model, backbone: str, extra: dict[str, Any] | None = None) -> dict[
     return meta
 
 
-def save_folder(model, tokenizer, folder: str | Path, *, backbone: str, extra: dict[str, Any] | None = None) -> Path:
-    """Write a complete Photon checkpoint folder atomically (an existing folder is replaced)."""
+def write_folder(
+    model,
+    tokenizer,
+    folder: str | Path,
+    *,
+    backbone: str,
+    extra: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the checkpoint files into an existing folder (callers make it atomic).
+
+    state_dict: the full model state when the live parameters are partitioned (ZeRO-3).
+    """
     from safetensors.torch import save_file
 
+    folder = Path(folder)
+    state_dict = state_dict if state_dict is not None else model.state_dict()
+    backbone_part = {k: v for k, v in state_dict.items() if not k.startswith(_PRUNER_PREFIX)}
+    photon_part = {k[len(_PRUNER_PREFIX):]: v.detach().cpu().contiguous() for k, v in state_dict.items() if k.startswith(_PRUNER_PREFIX)}
+    model.save_pretrained(folder, state_dict=backbone_part, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    if photon_part:
+        save_file(photon_part, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    meta = describe(model, backbone, extra)
+    (folder / META_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
+
+
+def save_folder(model, tokenizer, folder: str | Path, *, backbone: str, extra: dict[str, Any] | None = None) -> Path:
+    """Write a complete Photon checkpoint folder atomically (an existing folder is replaced)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
-        model.save_pretrained(staging, state_dict=backbone_state(model), safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        state = photon_state(model)
-        if state:
-            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        meta = describe(model, backbone, extra)
-        (staging / META_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
+        write_folder(model, tokenizer, staging, backbone=backbone, extra=extra)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "photon.core.pruners",
     "photon.commands.plugins",
     "photon.commands.config",
+    "photon.commands.train",
 )
 
 pm = pluggy.PluginManager("photon")
