@@ -18,9 +18,11 @@ import pluggy
 from photon.core import hookspecs
 
 BUILTIN_PLUGINS = (
+    "photon.adapters.qwen2_5_vl",
     "photon.core.pruners",
     "photon.commands.plugins",
     "photon.commands.config",
+    "photon.commands.train",
     "photon.commands.inspect",
     "photon.commands.preprocess",
     "photon.commands.convert",

@@ -1,0 +1,70 @@
+"""A stock-only reference for pruned runs: the unpruned model's own decoder layers on the full
+sequence, with pruned keys masked out where Photon removed them (DESIGN "tests that carry weight").
+
+Family-agnostic: the text model's inputs are captured from the stock multimodal forward, so
+visual features, M-RoPE positions and DeepStack inputs are exactly what stock computes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def capture_text_inputs(model, text_model, inputs: dict) -> dict:
+    """Run the (detached, stock) model once and keep what it hands its text model."""
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured.update(kwargs)
+
+    handle = text_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def reference_logits(model, text_model, captured: dict, keep: torch.Tensor, layer: int, *, evict_all: bool, prompt_len: int):
+    """Logits of every position of the full sequence with Photon's visibility rules.
+
+    keep (B, prompt_len) bool: what Photon kept of the prompt. Generated positions (beyond
+    prompt_len) see only kept prompt keys in every layer whose cache was reduced; prompt
+    positions see every earlier key in layers <= layer and only kept keys after it.
+    """
+    embeds = captured["inputs_embeds"]
+    position_ids = captured["position_ids"]
+    mrope = position_ids[1:] if position_ids.shape[0] == 4 else position_ids
+    B, L, _ = embeds.shape
+    attention_mask = captured.get("attention_mask")
+    real = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool)
+    keep_key = torch.cat([keep.bool(), torch.ones(B, L - prompt_len, dtype=torch.bool)], dim=1) & real
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    generated_row = (torch.arange(L) >= prompt_len).view(1, 1, L, 1)
+    base = causal.view(1, 1, L, L) & real.view(B, 1, 1, L)
+    late = base & keep_key.view(B, 1, 1, L)
+    early = torch.where(generated_row, late, base) if evict_all else base
+    eye = torch.eye(L, dtype=torch.bool).view(1, 1, L, L)  # keeps padding rows finite
+
+    def additive(mask):
+        return torch.zeros(mask.shape, dtype=embeds.dtype).masked_fill(~(mask | eye), torch.finfo(embeds.dtype).min)
+
+    position_embeddings = text_model.rotary_emb(embeds, mrope)
+    visual_pos = captured.get("visual_pos_masks")
+    deepstack = captured.get("deepstack_visual_embeds") or []
+    hidden = embeds
+    for i, decoder_layer in enumerate(text_model.layers):
+        hidden = decoder_layer(
+            hidden,
+            attention_mask=additive(early if i <= layer else late),
+            position_embeddings=position_embeddings,
+            position_ids=None,
+            past_key_values=None,
+            use_cache=False,
+        )
+        if i < len(deepstack):
+            hidden = hidden.clone()
+            hidden[visual_pos] = hidden[visual_pos] + deepstack[i].to(hidden.dtype)
+    return model.lm_head(text_model.norm(hidden))
