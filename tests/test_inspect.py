@@ -55,21 +55,27 @@ def test_reported_shapes_are_what_the_loaders_give(tmp_path, capsys, backbones):
     dicom = get_testdata_file("CT_small.dcm")
     for path in (image, clip, dicom):
         report = _inspect(path, capsys)
-        for row in report["backbones"]:
-            options = options_for_backbone(backbones[row["backbone"]])[report["modality"]]
-            frames = load_media(path, **options).frames
+        assert {"tiny-photon", "tiny-grid32"} <= {row["backbone"] for row in report["backbones"]}
+        for row in report["backbones"]:  # the throwaway ones and any built-in backbone
+            spec = plugins.backbones()[row["backbone"]].obj
+            frames = load_media(path, **options_for_backbone(spec)[report["modality"]]).frames
             assert row["shape"] == list(frames.shape), (path, row)
-            grid = backbones[row["backbone"]].grid_multiple
-            assert frames.shape[2] % grid == 0 and frames.shape[3] % grid == 0
+            assert frames.shape[2] % spec.grid_multiple == 0 and frames.shape[3] % spec.grid_multiple == 0
 
 
-def test_human_readable_output_and_no_backbones(tmp_path, capsys):
+def test_human_readable_output(tmp_path, capsys, backbones):
     path = tmp_path / "las.nii.gz"
     nib.save(phantom(AFFINE_DIRECTIONS["LAS"], spacing=4.0), path)
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "axcodes: LAS" in out and "spacing: [4.0, 4.0, 4.0]" in out
-    assert "no backbones registered" in out
+    assert "model input for tiny-photon: 3d 140 x 1 x 280 x 280 (T, C, H, W) -> 1000 visual tokens" in out
+
+
+def test_without_backbones_inspect_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(plugins, "backbones", dict)
+    assert main(["inspect", str(write_image(tmp_path / "x.png"))]) == 0
+    assert "no backbones registered" in capsys.readouterr().out
 
 
 def test_inspect_records_is_a_dataset_pass_with_a_count(tmp_path, capsys):
