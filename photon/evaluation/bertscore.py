@@ -11,7 +11,6 @@ bert-score's: cosine similarities of layer-`layer` token embeddings, special tok
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence

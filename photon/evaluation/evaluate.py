@@ -113,6 +113,24 @@ def failure_summary(scoring: Scoring) -> dict[str, Any]:
     return {"count": sum(reasons.values()), "by_reason": dict(reasons.most_common())}
 
 
+def _table_dicts(scoring: Scoring, entry, extras) -> list[dict[str, Any]]:
+    """Tables as data: entry(cell) gives a metric's dict (None: no such cell), extras(row)
+    the row's counts and efficiency."""
+    tables = []
+    for table in scoring.tables:
+        rows = []
+        for row in table.rows:
+            metrics = {c.key: found for c in table.columns if (found := entry((table.name, row.key, c.key))) is not None}
+            rows.append({"key": row.key, "label": row.label, "n": int(len(row.members)), "metrics": metrics, **extras(row)})
+        columns = [{"key": c.key, "label": c.label} for c in table.columns if any(c.key in r["metrics"] for r in rows)]
+        tables.append({"name": table.name, "title": table.title, "columns": columns, "rows": rows})
+    return tables
+
+
+def _failed(scoring: Scoring) -> np.ndarray:
+    return np.array([f is not None for f in scoring.failures], dtype=bool)
+
+
 def _bootstrap_info(options: EvalOptions) -> dict[str, Any]:
     return {
         "method": "percentile bootstrap; cases resampled with replacement from the whole set; every aggregate recomputed",
@@ -129,23 +147,15 @@ def evaluate_file(pred, benchmark: str | None = None, ref=None, *, options: Eval
     scoring = run.scorer.score(run.cases, options)
     point = scoring.estimate(np.ones(len(run.cases)))
     intervals = bootstrap([scoring.estimate], len(run.cases), resamples=options.resamples, seed=options.seed, level=LEVEL)
-    failed = np.array([f is not None for f in scoring.failures])
-    tables = []
-    for table in scoring.tables:
-        rows = []
-        for row in table.rows:
-            metrics = {
-                c.key: {"value": _number(point[cell]), "ci": _interval(intervals.get(cell))}
-                for c in table.columns
-                if (cell := (table.name, row.key, c.key)) in point
-            }
-            rows.append({
-                "key": row.key, "label": row.label, "n": int(len(row.members)),
-                "unparsed": int(failed[row.members].sum()), "metrics": metrics,
-                "efficiency": efficiency_means(run.cases, row.members),
-            })
-        columns = [{"key": c.key, "label": c.label} for c in table.columns if any(c.key in r["metrics"] for r in rows)]
-        tables.append({"name": table.name, "title": table.title, "columns": columns, "rows": rows})
+    failed = _failed(scoring)
+
+    def entry(cell):
+        return {"value": _number(point[cell]), "ci": _interval(intervals.get(cell))} if cell in point else None
+
+    def extras(row):
+        return {"unparsed": int(failed[row.members].sum()), "efficiency": efficiency_means(run.cases, row.members)}
+
+    tables = _table_dicts(scoring, entry, extras)
     report = {
         "benchmark": run.benchmark,
         "references": None if ref is None else str(ref),
@@ -196,31 +206,23 @@ def compare_files(
         [scoring_a.estimate, scoring_b.estimate], n, resamples=options.resamples, seed=options.seed,
         level=LEVEL, combine=sides, desc="paired bootstrap",
     )
-    failed = {side: np.array([f is not None for f in s.failures]) for side, s in (("a", scoring_a), ("b", scoring_b))}
-    tables = []
-    for table in scoring_a.tables:
-        rows = []
-        for row in table.rows:
-            metrics = {}
-            for column in table.columns:
-                cells = {side: (side, table.name, row.key, column.key) for side in ("a", "b", "diff")}
-                if cells["a"] not in point:
-                    continue
-                metrics[column.key] = {
-                    side: {"value": _number(point.get(cell, math.nan)), "ci": _interval(intervals.get(cell))}
-                    for side, cell in cells.items()
-                }
-            rows.append({
-                "key": row.key, "label": row.label, "n": int(len(row.members)),
-                "unparsed": {side: int(failed[side][row.members].sum()) for side in ("a", "b")},
-                "metrics": metrics,
-                "efficiency": {
-                    "a": efficiency_means(run_a.cases, row.members),
-                    "b": efficiency_means(run_b.cases, row.members),
-                },
-            })
-        columns = [{"key": c.key, "label": c.label} for c in table.columns if any(c.key in r["metrics"] for r in rows)]
-        tables.append({"name": table.name, "title": table.title, "columns": columns, "rows": rows})
+    failed = {"a": _failed(scoring_a), "b": _failed(scoring_b)}
+
+    def entry(cell):
+        if ("a",) + cell not in point:
+            return None
+        return {
+            side: {"value": _number(point.get((side,) + cell, math.nan)), "ci": _interval(intervals.get((side,) + cell))}
+            for side in ("a", "b", "diff")
+        }
+
+    def extras(row):
+        return {
+            "unparsed": {side: int(failed[side][row.members].sum()) for side in ("a", "b")},
+            "efficiency": {"a": efficiency_means(run_a.cases, row.members), "b": efficiency_means(run_b.cases, row.members)},
+        }
+
+    tables = _table_dicts(scoring_a, entry, extras)
     return {
         "benchmark": run_a.benchmark,
         "references": None if ref is None else str(ref),
