@@ -2,6 +2,7 @@
 the expected numbers worked out by hand in the comments; then --ref, bad records, the
 bootstrap's full recomputation, --compare and the command line."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from photon.evaluation.evaluate import load_run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
 FAST = EvalOptions(resamples=50, bertscore_model=None)
+needs_text_metrics = pytest.mark.skipif(
+    not (importlib.util.find_spec("sacrebleu") and importlib.util.find_spec("rouge_score")),
+    reason="3D-RAD needs sacrebleu and rouge-score (the eval extra)",
+)
 
 
 def cells(report, table):
@@ -132,6 +137,7 @@ def test_deeptumorvqa():
     check_intervals(report)
 
 
+@needs_text_metrics
 def test_3d_rad():
     report, per_case = evaluate_file(FIXTURES / "3d-rad.jsonl", "3d-rad", options=FAST)
     sub = cells(report, "subtask")
@@ -171,6 +177,7 @@ def test_3d_rad():
     check_intervals(report)
 
 
+@needs_text_metrics
 def test_3d_rad_sentence_bleu_follows_the_release_script():
     report, _ = evaluate_file(FIXTURES / "3d-rad.jsonl", options=EvalOptions(resamples=10, bleu="sentence", bertscore_model=None))
     # Per case: 100 * exp(1 - 5/2) * 1 and 100 * 1/3 (no penalty): mean 27.82.
@@ -178,6 +185,7 @@ def test_3d_rad_sentence_bleu_follows_the_release_script():
     assert value(cells(report, "subtask")["anomaly_detection/Abnormality_type"], "bleu1") == pytest.approx(expected, abs=1e-5)
 
 
+@needs_text_metrics
 def test_every_resample_recomputes_the_full_aggregate():
     """estimate(weights) equals scoring a case list that repeats each case weight times,
     corpus BLEU and the subtask -> task -> open/close means included."""

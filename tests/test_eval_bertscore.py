@@ -83,6 +83,8 @@ def test_missing_model_is_a_clear_error(tmp_path, tiny):
 
 
 def _run_3d_rad(tmp_path, *extra):
+    pytest.importorskip("sacrebleu", reason="3D-RAD needs sacrebleu (the eval extra)")
+    pytest.importorskip("rouge_score", reason="3D-RAD needs rouge-score (the eval extra)")
     out = tmp_path / "out"
     code = main(["eval", "--pred", str(FIXTURES / "3d-rad.jsonl"), "--out", str(out), "--resamples", "20", *extra])
     report = json.loads((out / "report.json").read_text()) if code == 0 else None

@@ -137,3 +137,12 @@ def test_paired_bootstrap_of_a_difference():
     b[1] = 1.0  # B fixes one case: every resample's difference is >= 0
     low, high = bootstrap([mean(a), mean(b)], 5, resamples=200, combine=difference)[("t", "all", "acc")]
     assert low >= 0.0 and 0.0 < high <= 1.0
+
+
+def test_mra_of_a_number_no_float_can_hold():
+    from photon.evaluation.benchmarks.deeptumorvqa import as_json_number
+    from photon.evaluation.parsing import parse_number
+
+    huge = parse_number("1e999 mL").value  # garbage a model may write
+    assert mra_continuous(huge, 10) == 0.0 and mra_thresholded(huge, 10) == 0.0
+    assert as_json_number(huge).startswith("1000") and as_json_number(Fraction(5, 2)) == 2.5

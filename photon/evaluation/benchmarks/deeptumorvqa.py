@@ -38,6 +38,16 @@ def reference_text(case) -> str:
     return str(answer if answer is not None else case.reference or "")
 
 
+def as_json_number(value):
+    """A parsed Fraction for cases.jsonl; text when a float cannot hold it ("1e999")."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return str(value)
+
+
 def subtype(case) -> str:
     return " ".join(meta_text(case, "question_subtype", "unknown").replace("_", " ").lower().split())
 
@@ -64,7 +74,7 @@ class DeepTumorVQAScorer:
     def score(self, cases, options):
         n = len(cases)
         kinds = np.array([answer_kind(c) for c in cases])
-        values = {key: np.zeros(n) for key in ("score", "correct", "mra_vsi", "mra_continuous", "partial")}
+        values = {key: np.zeros(n) for key in ("correct", "mra_vsi", "mra_continuous", "partial")}
         positive = np.zeros(n, bool)
         per_case: list[dict] = [{} for _ in cases]
         failures: list[str | None] = [None] * n
@@ -84,7 +94,7 @@ class DeepTumorVQAScorer:
                 if parsed.ok:
                     values["mra_vsi"][i] = mra_thresholded(parsed.value, truth)
                     values["mra_continuous"][i] = mra_continuous(parsed.value, truth)
-                record = {"gold": float(truth), "parsed": None if parsed.value is None else float(parsed.value)}
+                record = {"gold": as_json_number(truth), "parsed": as_json_number(parsed.value)}
             elif kinds[i] == "binary":
                 truth, parsed = parse_yes_no(gold).value, parse_yes_no(case.answer)
                 values["correct"][i] = parsed.value == truth
