@@ -23,6 +23,12 @@ BUILTIN_PLUGINS = (
     "photon.commands.plugins",
     "photon.commands.config",
     "photon.commands.train",
+    "photon.commands.eval",
+    "photon.evaluation.benchmarks.rad3d",
+    "photon.evaluation.benchmarks.deeptumorvqa",
+    "photon.evaluation.benchmarks.slake",
+    "photon.evaluation.benchmarks.nextqa",
+    "photon.evaluation.benchmarks.medframeqa",
 )
 
 pm = pluggy.PluginManager("photon")
