@@ -39,8 +39,19 @@ def _records(path):
 
 
 def _check_round_trip(out, n):
+    """The records load as a dataset, and `photon eval` scores answers equal to the references
+    as perfect: the meta fields are the ones its scorers read (docs/records.md)."""
     dataset = PhotonDataset(out)
     assert len(dataset) == n and not dataset.problems
+    predictions = out.with_name(out.stem + "_predictions.jsonl")
+    predictions.write_text("".join(json.dumps({"id": r["id"], "benchmark": r["benchmark"], "answer": r["messages"][-1]["content"]}) + "\n"
+                                   for r in _records(out)))
+    report_dir = out.with_name(out.stem + "_eval")
+    assert main(["eval", "--pred", str(predictions), "--ref", str(out), "--out", str(report_dir), "--no-bertscore"]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["n_cases"] == n and report["bad_records"]["count"] == 0 and report["parse_failures"]["count"] == 0
+    values = [m["value"] for table in report["tables"] for row in table["rows"] for m in row["metrics"].values()]
+    assert values and all(v is None or v == pytest.approx(100.0) for v in values), values
     return dataset
 
 
