@@ -162,12 +162,10 @@ def parse_record(record: Any, where: str, media_root: Path | None) -> Entry:
 
 
 def print_problem(text: str) -> None:
-    try:
-        from tqdm import tqdm
+    """To stderr, without breaking a progress bar."""
+    from tqdm import tqdm
 
-        tqdm.write(text, file=sys.stderr)
-    except ImportError:
-        print(text, file=sys.stderr)
+    tqdm.write(text, file=sys.stderr)
 
 
 class PhotonDataset(Dataset):

@@ -98,8 +98,13 @@ def target_size(sizes: list[tuple[int, int]], cfg: FramesConfig) -> tuple[int, i
 
 def load_frames(path: str | Path | list, **options) -> Media:
     """An image, a folder of frames, or a list of image paths -> Media (T, C, H, W) of kind "image"."""
-    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else frame_files(Path(path))
-    source = str(path if not isinstance(path, (list, tuple)) else paths[0].parent)
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise PhotonError("load_frames: an empty list of image paths")
+        paths = [Path(p) for p in path]
+        source = str(paths[0].parent)
+    else:
+        paths, source = frame_files(Path(path)), str(path)
     cfg = options_from(FramesConfig, options, source)
     if cfg.channels not in (1, 3):
         raise PhotonError(f"{source}: channels must be 1 or 3, got {cfg.channels}")
