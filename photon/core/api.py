@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,11 +28,34 @@ def backbone_spec(name: str):
 
 
 def spec_for_model(model) -> Any:
-    model_type = getattr(model.config, "model_type", None)
+    return spec_for_model_type(getattr(model.config, "model_type", None))
+
+
+def spec_for_model_type(model_type: str | None) -> Any:
+    """The first registered backbone whose adapter serves this transformers model_type."""
     for registered in plugins.backbones().values():
         if registered.obj.model_type == model_type:
             return registered.obj
     raise PhotonError(f"no registered backbone adapter serves model_type {model_type!r}; see `photon plugins`")
+
+
+def _source_model_type(source: str) -> str | None:
+    """model_type from the config.json of a local folder or, failing that, of a hub repository."""
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, "config.json"))
+        except Exception as exc:
+            raise PhotonError(
+                f"{source!r} is not a registered backbone, a checkpoint folder with a config.json, or a reachable hub "
+                f"repository ({type(exc).__name__}); known backbones: {', '.join(sorted(plugins.backbones()))}"
+            ) from exc
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise PhotonError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def _photon_config(config: Any) -> PhotonConfig:
@@ -123,10 +148,9 @@ def load(source: str, *, backbone: str | None = None, mode: str | None = None, *
     if name is not None:
         spec = backbone_spec(name)
         loaded = spec.load(None if source == name else source, **options)
-    else:
-        from photon.adapters.qwen2_5_vl import load_pretrained  # folders default to Qwen2.5-VL
-
-        loaded = load_pretrained(source, **options)
+    else:  # a folder or hub id: the family its config.json names loads it, under that name
+        loaded = spec_for_model_type(_source_model_type(source)).load(source, **options)
+        loaded.backbone = str(source)
     weights = loaded.photon
     overrides = {"layer": weights["layer"]} if weights else {}
     attach(
