@@ -401,6 +401,24 @@ def test_photon_load_of_a_saved_folder_gives_the_same_model(tmp_path, samples):
         torch.testing.assert_close(reloaded.model(**batch_for(reloaded, samples[:1])).logits, expected)
 
 
+def test_a_photon_checkpoint_folder_reloads_the_wrapped_model(tmp_path, samples):
+    from photon.core import checkpoint
+
+    loaded = tiny(volume_embedding="inflate")
+    photon.attach(loaded.model, mode="trained", layer=BEFORE, theta=0.3)
+    inputs = batch_for(loaded, samples[:2])
+    with torch.no_grad():
+        expected = loaded.model(**inputs).logits
+    selection = photon.last_selection(loaded.model)
+    folder = checkpoint.save_folder(loaded.model, loaded.encoder.tokenizer, tmp_path / "wrapped", backbone="qwen3-vl-tiny")
+    again = photon.load(str(folder))
+    assert again.backbone == "qwen3-vl-tiny" and again.encoder.geometry.in_channels == 1
+    assert runtime_of(again.model).layer == BEFORE
+    with torch.no_grad():
+        assert torch.equal(again.model(**batch_for(again, samples[:2])).logits, expected)
+    assert photon.last_selection(again.model) == selection
+
+
 def test_loading_a_folder_of_another_family_is_a_clear_error(tmp_path):
     from photon.adapters.qwen3_vl import load_pretrained
 

@@ -14,6 +14,7 @@ are shared (photon/core/runtime.py, photon/adapters/qwen_inputs.py):
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from photon.adapters.base import BackboneSpec, Loaded
-from photon.adapters.qwen2_5_vl import Qwen25VLAdapter, inflate_rgb_kernel, photon_weights
+from photon.adapters.qwen2_5_vl import IM_END_ID, inflate_rgb_kernel, photon_weights
 from photon.core import its
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
@@ -131,10 +132,46 @@ def timestamp_mask(input_ids: torch.Tensor, vision_start_id: int) -> torch.Tenso
     return edges.cumsum(1)[:, :L] > 0
 
 
-class Qwen3VLAdapter(Qwen25VLAdapter):
-    """The runtime's view of a Qwen3VLForConditionalGeneration."""
+def instruction_tokens(input_ids, image_id, video_id, vision_start_id, vision_end_id, im_end_id) -> torch.Tensor:
+    """Spec section 3's instruction tokens, less the timestamps and <|vision_start|> between frame blocks."""
+    exclude = (
+        (input_ids == image_id)
+        | (input_ids == video_id)
+        | (input_ids == vision_start_id)
+        | timestamp_mask(input_ids, vision_start_id)
+    )
+    return its.instruction_mask(input_ids, vision_end_id, im_end_id, exclude=exclude)
+
+
+class Qwen3VLAdapter:
+    """The runtime's view of a Qwen3VLForConditionalGeneration.
+
+    Standalone rather than a Qwen2.5-VL subclass, so nothing Qwen2.5-specific added there later
+    (a patch embedding, a position rule) silently applies here.
+    """
 
     family = FAMILY
+
+    def __init__(self, model, im_end_id: int = IM_END_ID):
+        config = model.config
+        self.image_id = config.image_token_id
+        self.video_id = config.video_token_id
+        self.vision_start_id = config.vision_start_token_id
+        self.vision_end_id = config.vision_end_token_id
+        self.im_end_id = im_end_id
+        self.merge_size = config.vision_config.spatial_merge_size
+
+    def text_model(self, model):
+        return model.model.language_model
+
+    def vision_tower(self, model):
+        return model.model.visual
+
+    def patch_embedding(self, model):
+        return model.model.visual.patch_embed
+
+    def install_volume_embedding(self, model, *, init: str, seed: int = 0):
+        return install_volume_embedding(model, init=init, seed=seed)
 
     def query_key(self, layer, hidden, position_embeddings):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
@@ -147,13 +184,11 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         cos, sin = position_embeddings
         return apply_rotary_pos_emb(q, k, cos, sin)
 
+    def visual_kinds(self, input_ids):
+        return (input_ids == self.image_id).long() + 2 * (input_ids == self.video_id).long()
+
     def instruction_mask(self, input_ids):
-        exclude = (
-            (self.visual_kinds(input_ids) > 0)
-            | (input_ids == self.vision_start_id)
-            | timestamp_mask(input_ids, self.vision_start_id)
-        )
-        return its.instruction_mask(input_ids, self.vision_end_id, self.im_end_id, exclude=exclude)
+        return instruction_tokens(input_ids, self.image_id, self.video_id, self.vision_start_id, self.vision_end_id, self.im_end_id)
 
     def split_extras(self, kwargs):
         mask = kwargs.get("visual_pos_masks")
@@ -226,15 +261,27 @@ def chat_format():
 def encoder_for(model, tokenizer, processor_config: dict | None = None):
     from photon.adapters.qwen_inputs import QwenEncoder
 
-    return QwenEncoder(tokenizer, geometry_for(model, processor_config), chat_format())
+    chat = chat_format()
+    ids = tokenizer.convert_tokens_to_ids
+    # The batch's instruction mask is the one the adapter reads.
+    instructions = functools.partial(
+        instruction_tokens,
+        image_id=ids(chat.image_pad),
+        video_id=ids(chat.video_pad),
+        vision_start_id=ids(chat.vision_start),
+        vision_end_id=ids(chat.vision_end),
+        im_end_id=ids(chat.im_end),
+    )
+    return QwenEncoder(tokenizer, geometry_for(model, processor_config), chat, instructions)
 
 
 def tiny_config(attn_implementation: str = "sdpa", **text_overrides):
     from transformers import Qwen3VLConfig
 
-    config = Qwen3VLConfig(
-        text_config={**TINY_TEXT, **text_overrides}, vision_config=dict(TINY_VISION), tie_word_embeddings=True
-    )
+    text = {**TINY_TEXT, **text_overrides}
+    # The merger (and DeepStack) project ViT features to the LLM width: follow a resized text model.
+    vision = {**TINY_VISION, "out_hidden_size": text["hidden_size"]}
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True)
     config._attn_implementation = attn_implementation
     return config
 
@@ -342,6 +389,7 @@ def _spec(name, source, description, load, volume_input) -> BackboneSpec:
         load=load,
         model_type=MODEL_TYPE,
         make_adapter=make_adapter,
+        load_folder=load_pretrained,
         patch_size=16,
         merge_size=2,
         temporal_patch_size=2,

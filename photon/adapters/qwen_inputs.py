@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -169,10 +169,19 @@ class QwenEncoder:
     content and its closing <|im_end|>; everything else is IGNORE_INDEX.
     """
 
-    def __init__(self, tokenizer, geometry: VisualGeometry, chat: ChatFormat | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        geometry: VisualGeometry,
+        chat: ChatFormat | None = None,
+        instructions: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        """instructions(input_ids) -> (B, L) bool: the batch's instruction mask, when the backbone's
+        adapter reads a different one than "after a vision block, before <|im_end|>"."""
         self.tokenizer = tokenizer
         self.geometry = geometry
         self.chat = chat or ChatFormat()
+        self.instructions = instructions
         ids = tokenizer.convert_tokens_to_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids("<|endoftext|>")
         self.image_id, self.video_id = ids(self.chat.image_pad), ids(self.chat.video_pad)
@@ -247,7 +256,7 @@ class QwenEncoder:
             "attention_mask": attention_mask,
             "labels": labels,
             "mm_token_type_ids": mm_token_type_ids,
-            "instruction_mask": instruction_mask(
+            "instruction_mask": self.instructions(input_ids) if self.instructions else instruction_mask(
                 input_ids, self.vision_end_id, self.im_end_id, exclude=mm_token_type_ids > 0
             ),
             "ids": [e.get("id") for e in encoded],
