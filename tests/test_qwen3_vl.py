@@ -136,17 +136,17 @@ def test_prompt_has_no_default_system_and_no_second_per_grid(samples):
 
 def test_instruction_mask_skips_timestamps_but_keeps_text_between_media():
     loaded = tiny()
-    first, second = video_sample(0, 24, 32, 32, ""), video_sample(1, 4, 32, 32, "")
-    sample = Sample("two", [{"role": "user", "content": "<video>Compare at 12: <video> which one?"}],
-                    first.media + second.media)
-    ids = loaded.encoder.encode(sample, train=False)["input_ids"][None]
+    media = video_sample(0, 24, 32, 32, "").media + video_sample(1, 4, 32, 32, "").media
+    sample = Sample("two", [{"role": "user", "content": "<video>Compare at 12: <video> which one?"}], media)
+    encoded = loaded.encoder.encode(sample, train=False)
+    ids = encoded["input_ids"][None]
     adapter = Qwen3VLAdapter(loaded.model)
+    mask = adapter.instruction_mask(ids)
     tokens = loaded.encoder.tokenizer.convert_ids_to_tokens(ids[0])
-    instruction = [t for t, m in zip(tokens, adapter.instruction_mask(ids)[0]) if m]
-    assert instruction == ["Compare", "Ġat", "Ġ", "1", "2", ":", "Ġwhich", "Ġone", "?"]
+    assert [t for t, m in zip(tokens, mask[0]) if m] == ["Compare", "Ġat", "Ġ", "1", "2", ":", "Ġwhich", "Ġone", "?"]
+    assert torch.equal(loaded.encoder.collate([encoded])["instruction_mask"], mask)  # the batch says the same
     stamps = timestamp_mask(ids, adapter.vision_start_id)[0]
-    times = [pack_media(m, loaded.encoder.geometry).timestamps for m in sample.media]
-    first, second = ("".join(f"<{t:.1f} seconds>" for t in ts) for ts in times)
+    first, second = ("".join(f"<{t:.1f} seconds>" for t in pack_media(m, loaded.encoder.geometry).timestamps) for m in media)
     # The second video's first "<" merges with the space before it into one token.
     assert loaded.encoder.tokenizer.decode(ids[0][stamps]) == f"{first} {second}"
 
