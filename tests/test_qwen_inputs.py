@@ -103,7 +103,8 @@ def test_volume_packing_through_the_3d_embedding_skips_normalisation():
 
 def test_qwen3_style_chat_format_writes_one_block_per_frame_step():
     chat = ChatFormat(default_system=None, frame_timestamps=True)
-    media = Media(frames=np.zeros((4, 3, 56, 56), dtype=np.float32), kind="video", source="v", fps=2.0)
+    media = Media(frames=np.zeros((4, 3, 56, 56), dtype=np.float32), kind="video", source="v", fps=1.0)
     block = chat.visual_block(pack_media(media, VisualGeometry()))
-    assert block.count("<|vision_start|>") == 2 and block.startswith("<0.0 seconds>")
-    assert "<1.0 seconds>" in block
+    # Each step's time is the mean of its first and last frame times (frames at 0, 1, 2, 3 s).
+    assert block.count("<|vision_start|>") == 2 and block.startswith("<0.5 seconds>")
+    assert "<2.5 seconds>" in block
