@@ -108,3 +108,17 @@ def test_qwen3_style_chat_format_writes_one_block_per_frame_step():
     # Each step's time is the mean of its first and last frame times (frames at 0, 1, 2, 3 s).
     assert block.count("<|vision_start|>") == 2 and block.startswith("<0.5 seconds>")
     assert "<2.5 seconds>" in block
+
+
+def test_batch_instruction_mask_equals_the_adapters_on_several_media():
+    from photon.adapters.qwen2_5_vl import load_tiny
+
+    loaded = load_tiny()
+    sample = video_sample(0, 2, 56, 56, "compare with <video> which is larger?")
+    sample.media = sample.media * 2
+    batch = loaded.encoder.collate([loaded.encoder.encode(sample, train=False)])
+    from photon.adapters.qwen2_5_vl import Qwen25VLAdapter
+
+    assert torch.equal(batch["instruction_mask"], Qwen25VLAdapter(loaded.model).instruction_mask(batch["input_ids"]))
+    question = loaded.encoder.tokenizer.decode(batch["input_ids"][0][batch["instruction_mask"][0]])
+    assert " ".join(question.split()) == "compare with which is larger?"  # both blocks' text, no visual tokens

@@ -186,6 +186,7 @@ class QwenEncoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids("<|endoftext|>")
         self.image_id, self.video_id = ids(self.chat.image_pad), ids(self.chat.video_pad)
         self.vision_end_id, self.im_end_id = ids(self.chat.vision_end), ids(self.chat.im_end)
+        self.vision_start_id = ids(self.chat.vision_start)
 
     # -- one sample -------------------------------------------------------------------
     def encode(self, sample: Any, *, train: bool) -> dict[str, Any]:
@@ -257,7 +258,8 @@ class QwenEncoder:
             "labels": labels,
             "mm_token_type_ids": mm_token_type_ids,
             "instruction_mask": self.instructions(input_ids) if self.instructions else instruction_mask(
-                input_ids, self.vision_end_id, self.im_end_id, exclude=mm_token_type_ids > 0
+                input_ids, self.vision_end_id, self.im_end_id,
+                exclude=(mm_token_type_ids > 0) | (input_ids == self.vision_start_id),  # as the adapters do
             ),
             "ids": [e.get("id") for e in encoded],
         }
