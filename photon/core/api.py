@@ -121,13 +121,22 @@ def _spec_for_model_type(model_type: str):
     raise PhotonError(f"no registered backbone loads model_type {model_type!r}; see `photon plugins`")
 
 
-def load(source: str, *, backbone: str | None = None, mode: str | None = None, **options) -> Any:
+def load(
+    source: str,
+    *,
+    backbone: str | None = None,
+    mode: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    **options,
+) -> Any:
     """Load a registered backbone, a Hugging Face folder, or a Photon checkpoint folder, and attach Photon.
 
     Returns photon.adapters.base.Loaded. A Photon checkpoint folder (photon.yaml) rebuilds the
     wrapped model it describes; a folder with released Photon weights attaches in trained mode
     at the checkpoint's layer; anything else attaches in zero-shot mode unless `mode` says so.
+    overrides are SelectionConfig fields applied over what the source says (as in attach).
     """
+    overrides = dict(overrides or {})
     from pathlib import Path
 
     from photon.core import checkpoint
@@ -141,7 +150,7 @@ def load(source: str, *, backbone: str | None = None, mode: str | None = None, *
             return loaded
         checkpoint.check_compatible(meta, loaded.model, Path(source))
         saved = meta["photon"]["selection"]
-        overrides = {k: v for k, v in saved.items() if k != "mode"}
+        overrides = {**{k: v for k, v in saved.items() if k != "mode"}, **overrides}
         config = PhotonConfig(selection=SelectionConfig(**saved), sgp=SGPConfig(**meta["photon"]["sgp"]))
         attach(
             loaded.model,
@@ -166,7 +175,7 @@ def load(source: str, *, backbone: str | None = None, mode: str | None = None, *
     else:
         raise PhotonError(f"{source!r} is neither a registered backbone ({', '.join(sorted(plugins.backbones()))}) nor a folder")
     weights = loaded.photon
-    overrides = {"layer": weights["layer"]} if weights else {}
+    overrides = {**({"layer": weights["layer"]} if weights else {}), **overrides}
     attach(
         loaded.model,
         backbone=name,

@@ -1,7 +1,9 @@
 """The Photon checkpoint folder: a wrapped model anyone can load with photon.load(DIR).
 
-    DIR/config.json, model*.safetensors   the backbone (stock key names), save_pretrained
-    DIR/tokenizer files                    the tokenizer
+    DIR/config.json, model*.safetensors   the backbone (stock key names), save_pretrained; the 3D
+                                           patch embedding, when installed, is part of it. With
+                                           link_from, the shards are symlinks to the source folder's
+    DIR/tokenizer files                    the tokenizer (and the source folder's processor files)
     DIR/photon.yaml                        backbone, adapter, layer, mode, rule, every constant,
                                            the versions that wrote it
     DIR/photon.safetensors                 Photon's own modules (threshold predictor), when present
@@ -27,6 +29,14 @@ FORMAT = 1
 META_FILE = "photon.yaml"
 WEIGHTS_FILE = "photon.safetensors"
 _PRUNER_PREFIX = "photon_pruner."
+# Image/video processor settings (normalisation, patch geometry) that the tokenizer does not save.
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+)
 
 
 def is_photon_folder(path: str | Path) -> bool:
@@ -41,8 +51,12 @@ def versions() -> dict[str, str]:
     return {"photon": __version__, "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
 
 
-def describe(model, backbone: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """photon.yaml's content for an attached (or plain) model."""
+def describe(model, backbone: str, extra: dict[str, Any] | None = None, config=None) -> dict[str, Any]:
+    """photon.yaml's content for an attached (or plain) model.
+
+    config (a PhotonConfig): its schedule and loss constants are recorded too; the selection and
+    SGP constants always come from the attached runtime.
+    """
     runtime = getattr(model, "_photon", None)
     meta: dict[str, Any] = {"format": FORMAT, "versions": versions(), "backbone": backbone}
     meta["model_type"] = model.config.model_type
@@ -60,6 +74,8 @@ def describe(model, backbone: str, extra: dict[str, Any] | None = None) -> dict[
         meta["mode"] = runtime.config.mode
         meta["rule"] = runtime.pruner.rule() if hasattr(runtime.pruner, "rule") else meta["pruner"]
         meta["photon"] = {"selection": asdict(runtime.config), "sgp": asdict(runtime.sgp)}
+        if config is not None:
+            meta["photon"].update(schedule=asdict(config.schedule), loss=asdict(config.loss))
         meta["hidden_size"] = model.config.get_text_config().hidden_size
     else:
         meta["attached"] = False
@@ -75,10 +91,17 @@ def write_folder(
     backbone: str,
     extra: dict[str, Any] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    config=None,
+    source: str | Path | None = None,
+    link: bool = False,
 ) -> None:
     """Write the checkpoint files into an existing folder (callers make it atomic).
 
     state_dict: the full model state when the live parameters are partitioned (ZeRO-3).
+    config: a PhotonConfig whose schedule and loss constants photon.yaml records too.
+    source: the local folder the backbone was loaded from; its processor files are copied, and
+    with link=True its weight shards are symlinked instead of written (the backbone must hold
+    exactly the weights it was loaded with).
     """
     from safetensors.torch import save_file
 
@@ -86,22 +109,75 @@ def write_folder(
     state_dict = state_dict if state_dict is not None else model.state_dict()
     backbone_part = {k: v for k, v in state_dict.items() if not k.startswith(_PRUNER_PREFIX)}
     photon_part = {k[len(_PRUNER_PREFIX):]: v.detach().cpu().contiguous() for k, v in state_dict.items() if k.startswith(_PRUNER_PREFIX)}
-    model.save_pretrained(folder, state_dict=backbone_part, safe_serialization=True)
+    if link:
+        if source is None:
+            raise PhotonError("linking the weights needs the local folder the backbone was loaded from")
+        model.config.save_pretrained(folder)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(folder)
+        link_shards(Path(source), folder)
+    else:
+        model.save_pretrained(folder, state_dict=backbone_part, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    if source is not None:
+        copy_processor_files(Path(source), folder)
     if photon_part:
         save_file(photon_part, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    meta = describe(model, backbone, extra)
+    meta = describe(model, backbone, extra, config)
     (folder / META_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
 
 
-def save_folder(model, tokenizer, folder: str | Path, *, backbone: str, extra: dict[str, Any] | None = None) -> Path:
-    """Write a complete Photon checkpoint folder atomically (an existing folder is replaced)."""
+def weight_shards(source: Path) -> list[Path]:
+    """The backbone's safetensors shards in a model folder (Photon's own file excluded)."""
+    return sorted(p for p in source.glob("*.safetensors") if p.name != WEIGHTS_FILE)
+
+
+def link_shards(source: Path, folder: Path) -> list[Path]:
+    """Symlink the source's weight shards into folder (absolute targets, so the folder can move)
+    and copy the shard index; returns the links."""
+    shards = weight_shards(source)
+    if not shards:
+        raise PhotonError(f"{source}: no *.safetensors weight files to link; save without --link to write them")
+    links = []
+    for shard in shards:
+        link = folder / shard.name
+        link.symlink_to(shard.resolve())
+        links.append(link)
+    for index in source.glob("*.safetensors.index.json"):
+        shutil.copyfile(index, folder / index.name)
+    return links
+
+
+def copy_processor_files(source: Path, folder: Path) -> None:
+    for name in PROCESSOR_FILES:
+        if (source / name).is_file() and not (folder / name).exists():
+            shutil.copyfile(source / name, folder / name)
+
+
+def save_folder(
+    model,
+    tokenizer,
+    folder: str | Path,
+    *,
+    backbone: str,
+    extra: dict[str, Any] | None = None,
+    config=None,
+    source: str | Path | None = None,
+    link: bool = False,
+) -> Path:
+    """Write a complete Photon checkpoint folder atomically (an existing folder is replaced).
+
+    config, source and link: as in write_folder.
+    """
     folder = Path(folder)
+    if source is not None and Path(source).resolve() == folder.resolve():
+        raise PhotonError(f"{folder} is the folder the model was loaded from; save to another folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
-        write_folder(model, tokenizer, staging, backbone=backbone, extra=extra)
+        write_folder(model, tokenizer, staging, backbone=backbone, extra=extra, config=config, source=source, link=link)
+        share_like_umask(staging)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -109,6 +185,17 @@ def save_folder(model, tokenizer, folder: str | Path, *, backbone: str, extra: d
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def share_like_umask(folder: Path) -> None:
+    """mkdtemp (and some writers) create private files; give the folder the permissions a plain
+    mkdir and open would, so it can be handed to colleagues."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
