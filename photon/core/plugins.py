@@ -33,6 +33,8 @@ BUILTIN_PLUGINS = (
     "photon.commands.inspect",
     "photon.commands.preprocess",
     "photon.commands.convert",
+    "photon.commands.attach",
+    "photon.commands.infer",
     "photon.modalities.ct",
     "photon.modalities.frames",
     "photon.modalities.video",

@@ -1,0 +1,49 @@
+"""`photon infer`: predictions for a records file, batched and resumable (photon.inference.infer)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from photon.cli import Command
+from photon.commands.model_options import add_model_arguments, check_model_arguments, open_from
+from photon.core.errors import PhotonError
+from photon.core.hookspecs import hookimpl
+from photon.inference import infer
+from photon.wrapping import is_random
+
+
+def configure(parser):
+    parser.add_argument("--data", required=True, metavar="FILE.jsonl", help="records (docs/records.md), e.g. from `photon convert`")
+    parser.add_argument("--out", required=True, metavar="PREDS.jsonl", help="predictions to write; ids already there are skipped")
+    parser.add_argument("--batch-size", type=int, default=4, help="records per generate() call (default 4)")
+    parser.add_argument("--overwrite", action="store_true", help="start OUT again instead of resuming it")
+    parser.add_argument("--unpruned", action="store_true", help="predict with the stock forward (the baseline for `photon eval --compare`)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of reporting and skipping it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+
+
+def run(args):
+    if not Path(args.data).is_file():
+        raise PhotonError(f"--data {args.data}: no such records file")
+    if args.batch_size < 1:
+        raise PhotonError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_model_arguments(args)
+    opened, options = open_from(args)
+    outcome = infer(
+        opened.loaded, args.data, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        media_options=options, strict=args.strict, overwrite=args.overwrite, prune=not args.unpruned,
+        progress=not args.no_progress,
+    )
+    print(f"photon infer: {outcome}", file=sys.stderr)
+    if is_random(opened.loaded):
+        print(f"note: {opened.loaded.backbone} has random seeded weights (an offline test backbone): its answers are meaningless",
+              file=sys.stderr)
+    return 1 if outcome.skipped else 0
+
+
+@hookimpl
+def register_commands(register):
+    register("infer", Command("Answer every record of a JSONL file with a wrapped model (batched, resumable) for `photon eval`.",
+                              configure, run))

@@ -1,0 +1,93 @@
+"""Arguments `photon attach` and `photon infer` share: which model, how it is wrapped, how it decodes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from photon.core.config import SelectionConfig, load_config
+from photon.core.errors import PhotonError
+from photon.inference import DEFAULT_MAX_NEW_TOKENS
+from photon.modalities.config import DataConfig
+from photon.wrapping import Opened, media_options, open_model
+
+MODALITIES = ("ct", "frames", "video")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", help="a registered backbone (`photon plugins`) or a Hugging Face model folder")
+    model.add_argument("--checkpoint", help="a Photon checkpoint folder (`photon attach --save`, a training run's) or a model folder")
+    model.add_argument("--mode", choices=("zero_shot", "trained"),
+                       help="zero_shot: a training-free rule; trained: the threshold predictor "
+                            "(default: trained for checkpoints with a trained predictor, else zero_shot)")
+    model.add_argument("--layer", type=int, help="selection layer (default: floor(layers / 4) - 1, or the checkpoint's)")
+    model.add_argument("--keep-ratio", type=float, help="keep this fraction of visual tokens, ranked by saliency")
+    model.add_argument("--theta", type=float, help="keep visual tokens whose normalised saliency is above this")
+    model.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="selection settings (docs/config.md, Selection), e.g. min_keep=8 cache=keep_early")
+    model.add_argument("--media", action="append", default=[], metavar="KEY=VALUE",
+                       help="loader option (docs/config.md, Data), e.g. ct.preprocess=false video.fps=1; repeatable")
+    model.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                       help="cast the model after loading (default: as stored)")
+    model.add_argument("--attn", dest="attn_implementation", help="attention implementation: sdpa, eager, flash_attention_2")
+    model.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                       help=f"answer length limit; decoding is greedy (default {DEFAULT_MAX_NEW_TOKENS})")
+
+
+def selection_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotlist and the shortcut flags as SelectionConfig fields (photon.attach checks the names)."""
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.overrides)))
+    except Exception as exc:
+        raise PhotonError(f"selection overrides {' '.join(args.overrides)}: expected KEY=VALUE ({exc})") from exc
+    known = {f.name for f in dataclasses.fields(SelectionConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise PhotonError(f"unknown selection setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for key in ("layer", "keep_ratio", "theta"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return overrides
+
+
+def loader_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """--media KEY=VALUE as {modality: {option: value}}, checked against the loaders' schemas."""
+    if not args.media:
+        return {}
+    load_config(None, args.media, schema=DataConfig)  # unknown keys and bad types fail here, by name
+    given = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.media)))
+    other = sorted(set(given) - set(MODALITIES))
+    if other or not all(isinstance(v, dict) for v in given.values()):
+        raise PhotonError(f"--media takes loader options {', '.join(f'{m}.KEY=VALUE' for m in MODALITIES)}; got {' '.join(args.media)}")
+    return given
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Cheap checks before the (slow) model load."""
+    if args.max_new_tokens < 1:
+        raise PhotonError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    loader_overrides(args)
+    selection_overrides(args)
+
+
+def open_from(args: argparse.Namespace) -> tuple[Opened, dict[str, dict[str, Any]]]:
+    """The wrapped model the arguments describe, and the loader options that fit it."""
+    opened = open_model(
+        args.backbone,
+        args.checkpoint,
+        mode=args.mode,
+        overrides=selection_overrides(args),
+        device=args.device,
+        dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
+    )
+    # Explicit options win over the ones that fit the backbone (a volume size, say).
+    options = media_options(opened.loaded)
+    for name, given in loader_overrides(args).items():
+        options[name] = {**options.get(name, {}), **given}
+    return opened, options

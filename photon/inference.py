@@ -1,0 +1,331 @@
+"""Answering with a wrapped model: one question about one input (ask), or a records file (infer).
+
+Decoding is greedy. Timings split generate() at the end of its first forward pass: prefill
+(vision encoder, the pruned prefill) and decode (every later token). In a batch each
+prediction carries the batch's times divided by its size, so that their sum is the run's time.
+Prediction lines carry exactly the fields docs/records.md lists, ready for `photon eval`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from photon.adapters.base import Loaded
+from photon.core.api import runtime_of
+from photon.core.errors import PhotonError
+from photon.modalities.base import Media, choose_loader
+from photon.modalities.dataset import PhotonDataset, Sample, print_problem
+from photon.wrapping import media_options as default_options
+from photon.wrapping import rule_of
+
+PREDICTION_FIELDS = (
+    "id", "benchmark", "meta", "reference", "answer", "backbone", "mode", "rule",
+    "n_visual", "n_kept", "keep_ratio", "theta", "prefill_s", "decode_s", "total_s",
+)
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class Generated:
+    """One sample's answer and what the selection did for it."""
+
+    answer: str
+    n_visual: int
+    n_kept: int
+    theta: float | None
+    prefill_s: float
+    decode_s: float
+    selection: dict | None = None  # the sample's last_selection record (None when nothing was selected)
+
+    @property
+    def keep_ratio(self) -> float | None:
+        return self.n_kept / self.n_visual if self.n_visual else None
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+@dataclass
+class Asked:
+    """ask()'s result: the answer, the run's settings, and the input as the model saw it."""
+
+    result: Generated
+    backbone: str
+    mode: str
+    rule: str
+    layer: int | None
+    media: list[Media] = field(default_factory=list)
+    media_s: float = 0.0
+    baseline: Generated | None = None  # the unpruned model's answer, when asked for
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.result
+        report = {
+            "answer": r.answer, "backbone": self.backbone, "mode": self.mode, "rule": self.rule, "layer": self.layer,
+            **_counts_and_times(r), "media_s": round(self.media_s, 6),
+        }
+        if self.baseline is not None:
+            report["baseline"] = {"answer": self.baseline.answer, **_counts_and_times(self.baseline)}
+        return report
+
+
+def _counts_and_times(r: Generated) -> dict[str, Any]:
+    return {
+        "n_visual": r.n_visual, "n_kept": r.n_kept, "keep_ratio": r.keep_ratio, "theta": r.theta,
+        "prefill_s": round(r.prefill_s, 6), "decode_s": round(r.decode_s, 6), "total_s": round(r.total_s, 6),
+    }
+
+
+@contextlib.contextmanager
+def unpruned(model):
+    """Run the stock forward (no selection, nothing removed) while inside."""
+    runtime = runtime_of(model)
+    enabled = runtime.enabled
+    runtime.enabled = False
+    try:
+        yield model
+    finally:
+        runtime.enabled = enabled
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stop_ids(loaded: Loaded) -> list[int]:
+    encoder = loaded.encoder
+    ids = {encoder.im_end_id, encoder.tokenizer.eos_token_id}
+    configured = loaded.model.generation_config.eos_token_id
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def generate_batch(loaded: Loaded, batch: dict[str, Any], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[Generated]:
+    """Greedy answers for an encoded batch (QwenEncoder.collate), with per-sample selection facts."""
+    from transformers import GenerationConfig
+
+    from photon.adapters.qwen_inputs import model_inputs
+
+    if max_new_tokens < 1:
+        raise PhotonError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    model = loaded.model
+    runtime = runtime_of(model)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items() if k != "labels"}
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=stop_ids(loaded), pad_token_id=loaded.encoder.pad_id
+    )
+    marks: list[float] = []
+
+    def mark(*_):
+        _synchronize(device)
+        marks.append(time.perf_counter())
+
+    runtime.records = []  # a batch without visual tokens selects nothing: no stale records
+    handle = model.register_forward_hook(mark)
+    try:
+        _synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            sequences = model.generate(**inputs, generation_config=config)
+        _synchronize(device)
+        end = time.perf_counter()
+    finally:
+        handle.remove()
+    prompt = inputs["input_ids"]
+    size = prompt.shape[0]
+    prefill = (marks[0] - start) / size
+    decode = (end - marks[0]) / size
+    n_visual = (runtime.adapter.visual_kinds(prompt) > 0).sum(1).tolist()
+    records = runtime.records if runtime.enabled else []
+    tokenizer = loaded.encoder.tokenizer
+    results = []
+    for b in range(size):
+        answer = tokenizer.decode(sequences[b, prompt.shape[1]:], skip_special_tokens=True).strip()
+        record = records[b] if b < len(records) else None
+        kept = record["n_kept"] if record is not None else n_visual[b]
+        theta = record["theta"] if record is not None else None
+        results.append(Generated(answer, int(n_visual[b]), int(kept), theta, prefill, decode, record))
+    return results
+
+
+def check_question(question: str | None) -> str:
+    if not question or not question.strip():
+        raise PhotonError("the question is empty; ask something about the input, e.g. --question 'Is there a nodule?'")
+    return question.strip()
+
+
+def question_sample(media: list[Media], question: str, id: str = "ask") -> Sample:
+    """A one-turn user message: one tag per medium, then the question."""
+    tags = "".join("<image>" if m.kind == "image" else "<video>" for m in media)
+    return Sample(id, [{"role": "user", "content": tags + check_question(question)}], media)
+
+
+def load_inputs(paths: list[str | Path], options: dict[str, dict[str, Any]]) -> list[Media]:
+    """Each path through the modality a plugin chooses, with the options for that modality."""
+    media = []
+    for path in paths:
+        name, loader = choose_loader(path)
+        media.append(loader(Path(path), **options.get(name, {})))
+    return media
+
+
+def ask(
+    loaded: Loaded,
+    inputs: str | Path | list[str | Path],
+    question: str,
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    media_options: dict[str, dict[str, Any]] | None = None,
+    baseline: bool = False,
+) -> Asked:
+    """Answer `question` about a volume, image or video (or several) with the wrapped model.
+
+    baseline=True also answers with the unpruned stock forward (Asked.baseline), after one
+    untimed warm-up pass so that neither timed run pays one-time initialisation.
+    """
+    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    check_question(question)  # before the (slow) loading
+    started = time.perf_counter()
+    media = load_inputs(paths, media_options or default_options(loaded))
+    media_s = time.perf_counter() - started
+    encoder = loaded.encoder
+    batch = encoder.collate([encoder.encode(question_sample(media, question), train=False)])
+    runtime = runtime_of(loaded.model)
+    unpruned_result = None
+    if baseline:
+        with unpruned(loaded.model):
+            generate_batch(loaded, batch, 1)
+            unpruned_result = generate_batch(loaded, batch, max_new_tokens)[0]
+    result = generate_batch(loaded, batch, max_new_tokens)[0]
+    return Asked(result, loaded.backbone, runtime.config.mode, rule_of(loaded.model), runtime.layer, media, media_s, unpruned_result)
+
+
+# -- records -> predictions ----------------------------------------------------------------
+def reference_of(messages: list[dict[str, str]]) -> str | None:
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    return answers[-1] if answers else None
+
+
+def prediction_line(entry, result: Generated, run: dict[str, str]) -> dict[str, Any]:
+    """One line of a predictions file (docs/records.md), fields in its order."""
+    line = {
+        "id": entry.id, "benchmark": entry.benchmark, "meta": entry.meta, "reference": reference_of(entry.messages),
+        "answer": result.answer, **run, "n_visual": result.n_visual, "n_kept": result.n_kept,
+        "keep_ratio": result.keep_ratio, "theta": result.theta, "prefill_s": round(result.prefill_s, 6),
+        "decode_s": round(result.decode_s, 6), "total_s": round(result.total_s, 6),
+    }
+    return {key: line[key] for key in PREDICTION_FIELDS}
+
+
+def read_done(out: Path, report: Callable[[str], None]) -> tuple[set[str], dict[str, Any] | None]:
+    """Ids already predicted in `out`, and the first line's run fields. A line cut short by an
+    interrupted run is reported and removed (the rest is rewritten atomically)."""
+    if not out.is_file():
+        return set(), None
+    good, bad = [], []
+    for n, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError("no id")
+            good.append((line, row))
+        except ValueError:
+            bad.append(n)
+    if bad:
+        report(f"{out}: dropping {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:5]))}), likely cut short by an interrupted run")
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line, _ in good), encoding="utf-8")
+        os.replace(tmp, out)
+    first = good[0][1] if good else None
+    return {str(row["id"]) for _, row in good}, first
+
+
+@dataclass
+class InferOutcome:
+    written: int
+    resumed: int  # ids found already done in the output
+    skipped: int  # bad records (reported)
+    out: Path
+
+    def __str__(self) -> str:
+        return f"wrote {self.written} predictions to {self.out} ({self.resumed} already there, {self.skipped} bad records skipped)"
+
+
+def infer(
+    loaded: Loaded,
+    data: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 4,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    media_options: dict[str, dict[str, Any]] | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    prune: bool = True,
+    progress: bool = True,
+    report: Callable[[str], None] = print_problem,
+) -> InferOutcome:
+    """Predict every record of `data` into the JSONL `out`, resuming by id: records whose id is
+    already in `out` are skipped. Bad records are reported and skipped (strict: stop).
+    prune=False predicts with the stock forward (mode "unpruned"), the baseline to compare with."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise PhotonError(f"batch size must be at least 1, got {batch_size}")
+    out = Path(out)
+    runtime = runtime_of(loaded.model)
+    run = {"backbone": loaded.backbone, "mode": runtime.config.mode if prune else "unpruned",
+           "rule": rule_of(loaded.model) if prune else "none"}
+    if overwrite and out.exists():
+        out.unlink()
+    done, first = read_done(out, report)
+    if first is not None and any(first.get(k) != v for k, v in run.items()):
+        was = ", ".join(f"{k} {first.get(k)}" for k in run)
+        raise PhotonError(
+            f"{out} holds predictions from another run ({was}); this run is {', '.join(f'{k} {v}' for k, v in run.items())}. "
+            "Pass --overwrite to start again, or write to another --out"
+        )
+    dataset = PhotonDataset(
+        data, encoder=loaded.encoder, strict=strict, train=False,
+        media_options=media_options or default_options(loaded), report=report,
+    )
+    todo = [i for i, entry in enumerate(dataset.entries) if entry.id not in done]
+    resumed = len(dataset.entries) - len(todo)
+    if resumed:
+        report(f"{out}: resuming, {resumed} records already predicted")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    context = contextlib.nullcontext() if prune else unpruned(loaded.model)
+    with context, open(out, "a", encoding="utf-8") as sink, tqdm(
+        total=len(todo), unit="record", desc="infer", disable=not progress
+    ) as bar:
+        for start in range(0, len(todo), batch_size):
+            indices = todo[start : start + batch_size]
+            encoded = [(i, dataset[i]) for i in indices]
+            encoded = [(i, item) for i, item in encoded if item is not None]
+            if encoded:
+                batch = loaded.encoder.collate([item for _, item in encoded])
+                results = generate_batch(loaded, batch, max_new_tokens)
+                lines = [prediction_line(dataset.entries[i], r, run) for (i, _), r in zip(encoded, results)]
+                # One write per batch: an interrupted run loses at most the line being written.
+                sink.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+                sink.flush()
+                written += len(lines)
+                ratios = [r.keep_ratio for r in results if r.keep_ratio is not None]
+                if ratios:
+                    bar.set_postfix(kept=f"{sum(ratios) / len(ratios):.0%}")
+            bar.update(len(indices))
+    return InferOutcome(written, resumed, len(dataset.problems), out)

@@ -1,0 +1,214 @@
+"""Opening a wrapped model for the commands, describing the wrapping, and saving it as a folder.
+
+`photon attach`, `photon infer` and their Python equivalents go through open_model: a
+registered backbone, a Hugging Face folder or a Photon checkpoint folder, Photon attached with
+the caller's mode and selection overrides (photon.load does the work).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from photon.adapters.base import Loaded, visual_token_count
+from photon.core import checkpoint, plugins
+from photon.core.api import backbone_spec, runtime_of, spec_for_model
+from photon.core.config import PhotonConfig
+from photon.core.errors import PhotonError
+from photon.modalities.config import DataConfig, options_for_backbone
+
+# A still image and a short clip at this side show what the token count of non-volume input is.
+EXAMPLE_SIDE = 448
+EXAMPLE_FRAMES = 16
+RULES = {
+    "zero_shot:mean": "instance-adaptive: keep the visual tokens whose saliency is above this sample's mean",
+    "trained": "the trained threshold predictor's theta per sample",
+}
+
+
+@dataclass
+class Opened:
+    """A wrapped model and where it came from."""
+
+    loaded: Loaded
+    source: Path | None  # the local folder the weights were read from, when there is one
+    load_s: float = 0.0
+
+
+def check_backbone_matches(folder: Path, backbone: str) -> None:
+    """A checkpoint given with --backbone must wrap that backbone."""
+    spec = backbone_spec(backbone)
+    if checkpoint.is_photon_folder(folder):
+        meta = checkpoint.read_meta(folder)
+        wrapped, model_type = meta.get("backbone"), meta.get("model_type")
+    else:
+        config = folder / "config.json"
+        if not config.is_file():
+            raise PhotonError(f"checkpoint {folder}: no photon.yaml or config.json; expected a Photon checkpoint folder")
+        wrapped, model_type = None, json.loads(config.read_text()).get("model_type")
+    if model_type != spec.model_type or (wrapped is not None and wrapped != backbone):
+        raise PhotonError(
+            f"checkpoint {folder} wraps {wrapped or 'a model'} ({model_type}), not the backbone {backbone} "
+            f"({spec.model_type}); drop --backbone to use the checkpoint's own, or pass the matching one"
+        )
+
+
+def local_source(source: str) -> Path | None:
+    """The folder holding the weights of `source`: itself when it is a folder, the Hugging Face
+    cache's snapshot for a registered hub backbone already downloaded, else None (built in memory)."""
+    if Path(source).is_dir():
+        return Path(source)
+    spec = plugins.backbones().get(source)
+    if spec is None or spec.obj.source is None:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec.obj.source, local_files_only=True))
+    except Exception:
+        return None
+
+
+def open_model(
+    backbone: str | None = None,
+    checkpoint_dir: str | None = None,
+    *,
+    mode: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+) -> Opened:
+    """Load and wrap: `checkpoint_dir` (a Photon checkpoint or model folder) or `backbone` (a
+    registered name or a model folder). Given both, the checkpoint must wrap that backbone."""
+    import time
+
+    import photon
+
+    if not backbone and not checkpoint_dir:
+        raise PhotonError("give --backbone NAME (see `photon plugins`) or --checkpoint DIR")
+    if checkpoint_dir:
+        folder = Path(checkpoint_dir)
+        if not folder.is_dir():
+            raise PhotonError(f"checkpoint {folder}: no such folder")
+        if backbone:
+            check_backbone_matches(folder, backbone)
+        source = checkpoint_dir
+    else:
+        source = backbone
+        if source not in plugins.backbones() and not Path(source).is_dir():
+            backbone_spec(source)  # the error lists the known names
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    started = time.perf_counter()
+    loaded = photon.load(source, mode=mode, overrides=overrides, **options)
+    model = loaded.model
+    if dtype not in (None, "auto"):
+        model.to(getattr(torch, dtype))
+    model.to(resolve_device(device))
+    return Opened(loaded, local_source(source), time.perf_counter() - started)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def spec_of(loaded: Loaded):
+    """The BackboneSpec a loaded model was made from: its registered name, else its model type."""
+    registered = plugins.backbones().get(loaded.backbone)
+    return registered.obj if registered is not None else spec_for_model(loaded.model)
+
+
+def media_options(loaded: Loaded, data: DataConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Loader options that fit this model's visual geometry (see options_for_backbone)."""
+    return options_for_backbone(spec_of(loaded), data)
+
+
+def is_random(loaded: Loaded) -> bool:
+    """True for the offline test backbones, whose weights are seeded noise."""
+    registered = plugins.backbones().get(loaded.backbone)
+    return registered is not None and registered.obj.source is None
+
+
+def rule_of(model) -> str:
+    runtime = runtime_of(model)
+    pruner = runtime.pruner
+    return pruner.rule() if hasattr(pruner, "rule") else getattr(pruner, "name", type(pruner).__name__)
+
+
+def explain_rule(rule: str) -> str:
+    if rule in RULES:
+        return RULES[rule]
+    if rule.startswith("keep_ratio="):
+        return f"keep the top {float(rule.split('=')[1]):.0%} of visual tokens by saliency"
+    if rule.startswith("theta="):
+        return f"keep the visual tokens whose normalised saliency is above {rule.split('=')[1]}"
+    return rule
+
+
+def _parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def summarize(loaded: Loaded, data: DataConfig | None = None) -> dict[str, Any]:
+    """What the wrapping is: adapter, selection layer, mode, rule, Photon's added modules and
+    the visual tokens of the default inputs."""
+    model = loaded.model
+    runtime = runtime_of(model)
+    spec = spec_of(loaded)
+    vision = model.config.vision_config
+    patch, merge, temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+    rule = rule_of(model)
+    added = {}
+    pruner = getattr(model, "photon_pruner", None)
+    if pruner is not None:
+        added["threshold predictor"] = _parameters(pruner)
+    if vision.in_channels == 1:
+        added["3D patch embedding"] = _parameters(runtime.adapter.patch_embedding(model))
+    depth, height, width = options_for_backbone(spec, data)["ct"]["size"]
+    tokens = {
+        f"CT volume {depth}x{height}x{width}": visual_token_count(depth, height, width, patch, merge, temporal),
+        f"image {EXAMPLE_SIDE}x{EXAMPLE_SIDE}": visual_token_count(1, EXAMPLE_SIDE, EXAMPLE_SIDE, patch, merge, temporal),
+        f"video {EXAMPLE_FRAMES} frames {EXAMPLE_SIDE}x{EXAMPLE_SIDE}": visual_token_count(
+            EXAMPLE_FRAMES, EXAMPLE_SIDE, EXAMPLE_SIDE, patch, merge, temporal
+        ),
+    }
+    return {
+        "backbone": loaded.backbone,
+        "adapter": runtime.adapter.family,
+        "decoder_layers": runtime.num_layers,
+        "selection_layer": runtime.layer,
+        "mode": runtime.config.mode,
+        "rule": rule,
+        "rule_meaning": explain_rule(rule),
+        "added_parameters": added,
+        "backbone_parameters": _parameters(model) - added.get("threshold predictor", 0),
+        "visual_tokens": tokens,
+    }
+
+
+def save_wrapped(opened: Opened, folder: str | Path, *, link: bool = False) -> Path:
+    """Write the wrapped model as a Photon checkpoint folder (photon.load and --checkpoint read it)."""
+    loaded = opened.loaded
+    target = Path(folder)
+    if target.exists() and not checkpoint.is_photon_folder(target) and (not target.is_dir() or any(target.iterdir())):
+        raise PhotonError(f"--save {target}: exists and is not a Photon checkpoint folder; it would be replaced, choose another")
+    if link and opened.source is None:
+        raise PhotonError(
+            f"--link needs weights in a local folder, and {loaded.backbone} has none (it is built in memory "
+            "or not downloaded); save without --link to write the weights"
+        )
+    return checkpoint.save_folder(
+        loaded.model,
+        loaded.encoder.tokenizer,
+        folder,
+        backbone=loaded.backbone,
+        config=PhotonConfig(),
+        source=opened.source,
+        link=link,
+    )
