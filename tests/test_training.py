@@ -204,3 +204,18 @@ def test_plot_training_draws_a_png(tmp_path):
     from PIL import Image
 
     assert Image.open(png).size == (900, 900)
+
+
+def test_phase2_starts_from_a_folder_written_by_photon_attach_save(tmp_path):
+    from photon.cli import main
+
+    wrapped = tmp_path / "wrapped"
+    assert main(["attach", "--backbone", "qwen2.5-vl-tiny", "--layer", "2", "--save", str(wrapped)]) == 0  # zero-shot
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, f"model.checkpoint={wrapped}", "run.max_steps=2", "photon.schedule.soft_start=0",
+                 "photon.schedule.hard_start=0")
+    run = train(cfg)
+    assert run.model._photon.layer == 2 and run.model._photon.config.mode == "trained"  # the wrapping's layer, not 1
+    assert [r["stage"] for r in read_log(cfg)] == ["hard", "hard"]
+    final = Path(cfg.run.output_dir) / "checkpoints" / "step-00000002"
+    assert photon.load(str(final)).model._photon.layer == 2

@@ -192,9 +192,11 @@ def _prepare_model(run: Run) -> None:
     elif cfg.run.phase == 2:
         runtime = getattr(model, "_photon", None)
         if runtime is None or runtime.config.mode != "trained":
+            # A zero-shot wrapping (photon attach --save) keeps its selection layer unless the config sets one.
+            keep_layer = {"layer": runtime.layer} if runtime is not None and cfg.photon.selection.layer is None else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the predictor is about to be trained
-                photon.attach(model, mode="trained", config=cfg.photon)
+                photon.attach(model, mode="trained", config=cfg.photon, **keep_layer)
         else:
             runtime.sgp = cfg.photon.sgp
         for p in model.parameters():
@@ -359,15 +361,12 @@ def _save(run: Run) -> Path:
     )
 
 
-def _media_options(cfg: TrainConfig, model) -> dict[str, dict]:
-    """Loader options that fit the backbone's visual geometry, under the config's own."""
-    from photon.core import plugins
-    from photon.core.api import spec_for_model
-    from photon.modalities.config import options_for_backbone
+def _media_options(cfg: TrainConfig, loaded) -> dict[str, dict]:
+    """Loader options that fit the loaded backbone's visual geometry (a checkpoint's own backbone,
+    not model.backbone), under the config's own."""
+    from photon.wrapping import media_options
 
-    known = plugins.backbones()
-    spec = known[cfg.model.backbone].obj if cfg.model.backbone in known else spec_for_model(model)
-    options = options_for_backbone(spec)
+    options = media_options(loaded)
     return {name: {**options.get(name, {}), **dict(cfg.data.media.get(name, {}))} for name in {*options, *cfg.data.media}}
 
 
@@ -386,7 +385,7 @@ def build_run(cfg: TrainConfig) -> Run:
         encoder=loaded.encoder,
         cache_dir=cfg.data.cache_dir,
         strict=cfg.data.strict,
-        media_options=_media_options(cfg, run.model),
+        media_options=_media_options(cfg, loaded),
         train=True,
     )
     if len(run.dataset) == 0:
