@@ -20,6 +20,11 @@ from photon.core import hookspecs
 BUILTIN_PLUGINS = (
     "photon.adapters.qwen2_5_vl",
     "photon.core.pruners",
+    "photon.pruners.random_keep",
+    "photon.pruners.ise_topk",
+    "photon.pruners.fastv",
+    "photon.pruners.visionzip",
+    "photon.pruners.divprune",
     "photon.commands.plugins",
     "photon.commands.config",
 )
