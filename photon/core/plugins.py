@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "photon.pruners.divprune",
     "photon.commands.plugins",
     "photon.commands.config",
+    "photon.commands.bench",
 )
 
 pm = pluggy.PluginManager("photon")

@@ -85,8 +85,8 @@ class VisionZipPruner:
 
     def selection_flops(self, dims, shape) -> float:
         v = dims.vision
-        patches = sum(shape.frames)
-        scores = sum(2 * f * f * v.hidden for f in shape.frames)  # q.k over each frame, all heads
+        patches = sum(h * w for h, w in shape.frames)
+        scores = sum(2 * (h * w) ** 2 * v.hidden for h, w in shape.frames)  # q.k over each frame, all heads
         contextual = contextual_count(shape.kept, self.contextual_fraction)
         rest = shape.visual - (shape.kept - contextual)
         merge = 2 * rest * contextual * (v.hidden // v.heads)
