@@ -105,6 +105,8 @@ def _probe_main(path: str) -> None:
     from photon.bench.models import ModelSpec, build_model
 
     spec = json.loads(Path(path).read_text())
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     model, _ = build_model(ModelSpec(**spec["model"]), with_encoder=False)
     tensors = torch.load(spec["inputs"])
     attach(model, Configuration(spec["pruner"], spec["keep_ratio"]))

@@ -41,16 +41,15 @@ def render(result: dict) -> str:
         f"model: {result['model']['description']}",
         f"device: {model['device']} {model['dtype']} attn={model['attn']}; batch {inp['batch']}, "
         f"{inp['visual_tokens_per_sample'][0]} visual tokens/sample (grid t,h,w {inp['video_grid_thw'][0]}), "
-        f"prompt {inp['prompt_tokens']} tokens, {inp['new_tokens']} new tokens; median of {options['repeats']} "
-        f"interleaved repeats after {options['warmup']} warm-up",
+        f"prompt {inp['prompt_tokens']} tokens, {inp['new_tokens']} new tokens; times: {options['statistic']} of "
+        f"{options['repeats']} interleaved repeats after {options['warmup']} warm-up",
     ]
-    t, f = stock["times"], stock["flops"]
+    t, f = {k: v[options["statistic"]] for k, v in stock["times"].items()}, stock["flops"]
     stock_line = (
         "stock: vision {:.1f} ms, prefill {:.1f} ms, decode {:.2f} ms/token, generate {:.1f} ms, train step {:.1f} ms; "
         "GFLOPs: vision {:.2f}, prefill {:.2f}, decode {:.4f}/token, train step {:.2f}"
     ).format(
-        1e3 * t["vision_s"]["median"], 1e3 * t["prefill_s"]["median"], 1e3 * t["decode_s_per_token"]["median"],
-        1e3 * t["generate_s"]["median"], 1e3 * t["train_step_s"]["median"],
+        1e3 * t["vision_s"], 1e3 * t["prefill_s"], 1e3 * t["decode_s_per_token"], 1e3 * t["generate_s"], 1e3 * t["train_step_s"],
         f["vision"] / 1e9, f["prefill"] / 1e9, f["decode"] / 1e9, f["train"] / 1e9,
     )
     lines.append(stock_line)

@@ -41,6 +41,9 @@ def configure(parser):
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on cuda, float32 on cpu)")
     parser.add_argument("--attn", default=defaults.model.attn, help="attention implementation: sdpa, eager or flash_attention_2")
     parser.add_argument("--seed", type=int, default=defaults.model.seed)
+    parser.add_argument("--statistic", choices=["min", "median"], default=defaults.statistic,
+                        help="summary of the repeats the ratios use (min: least disturbed by other work on the machine)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--json", metavar="OUT", help="write every measurement to this JSON file")
 
@@ -56,6 +59,8 @@ def options_from(args):
     for name in ("visual_tokens", "batch", "max_new_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise PhotonError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise PhotonError(f"--threads must be >= 1, got {args.threads}")
     if args.warmup < 0:
         raise PhotonError(f"--warmup must be >= 0, got {args.warmup}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +76,8 @@ def options_from(args):
         repeats=args.repeats,
         warmup=args.warmup,
         memory=not args.no_memory,
+        statistic=args.statistic,
+        threads=args.threads,
     )
 
 
