@@ -9,6 +9,7 @@ import pytest
 
 from photon.core import config as config_module
 from photon.core import hookspecs, plugins
+from photon.modalities.config import DataConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -30,6 +31,8 @@ def test_command_is_documented(command):
 
 def _keys(schema, prefix=""):
     for f in dataclasses.fields(schema):
+        if prefix == "" and f.name == "photon":
+            continue  # TrainConfig.photon is PhotonConfig, documented key by key above
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             yield from _keys(type(default), f"{prefix}{f.name}.")
@@ -37,7 +40,9 @@ def _keys(schema, prefix=""):
             yield f"{prefix}{f.name}"
 
 
-DOCUMENTED_SCHEMAS = [config_module.PhotonConfig]
+from photon.training.config import TrainConfig  # noqa: E402
+
+DOCUMENTED_SCHEMAS = [config_module.PhotonConfig, TrainConfig, DataConfig]
 
 
 @pytest.mark.parametrize("key", [k for s in DOCUMENTED_SCHEMAS for k in _keys(s)])

@@ -23,6 +23,7 @@ class BackboneSpec:
     load: Callable[..., Any]  # load(source_or_folder, **options) -> (model, encoder)
     model_type: str = ""  # transformers config.model_type this backbone's adapter serves
     make_adapter: Callable[[Any], "Adapter"] | None = None  # make_adapter(model) -> Adapter
+    load_folder: Callable[..., Any] | None = None  # load_folder(path, **options) -> Loaded, for checkpoint folders
     patch_size: int = 14
     merge_size: int = 2
     temporal_patch_size: int = 2
@@ -67,6 +68,15 @@ class Adapter(Protocol):
     def text_model(self, model: nn.Module) -> nn.Module:
         """The module whose forward the runtime replaces (stock decoder layers, rotary, norm)."""
 
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        """The vision encoder (trained at its own learning rate in phase 2)."""
+
+    def patch_embedding(self, model: nn.Module) -> nn.Module:
+        """The patch embedding (the only module phase 1 trains)."""
+
+    def install_volume_embedding(self, model: nn.Module, *, init: str, seed: int = 0) -> nn.Module:
+        """Put Photon's grey 3D patch embedding in place of the backbone's RGB one."""
+
     def query_key(self, layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer's attention query (B, Hq, L, Dh) and key (B, Hkv, L, Dh) after RoPE, from its input."""
 
@@ -100,4 +110,4 @@ class Loaded:
     model: Any
     encoder: Any  # photon.adapters.qwen_inputs.QwenEncoder (SampleEncoder protocol)
     backbone: str
-    photon: dict[str, Any] | None = None  # {"layer": l, "state": predictor state dict} from a checkpoint
+    photon: dict[str, Any] | None = None  # {"layer": l, "state": pruner state dict, ...} from a checkpoint

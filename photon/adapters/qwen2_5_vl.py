@@ -69,6 +69,15 @@ class Qwen25VLAdapter:
     def text_model(self, model):
         return model.model.language_model
 
+    def vision_tower(self, model):
+        return model.model.visual
+
+    def patch_embedding(self, model):
+        return model.model.visual.patch_embed
+
+    def install_volume_embedding(self, model, *, init: str, seed: int = 0):
+        return install_volume_embedding(model, init=init, seed=seed)
+
     def query_key(self, layer, hidden, position_embeddings):
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
@@ -217,7 +226,7 @@ def photon_weights(folder: Path) -> dict[str, Any] | None:
                 match = _PREDICTOR_KEY.match(key)
                 if match:
                     layers.add(int(match.group(1)))
-                    state[match.group(2)] = handle.get_tensor(key)
+                    state[f"predictor.{match.group(2)}"] = handle.get_tensor(key)
     if not state:
         return None
     if len(layers) != 1:
@@ -300,6 +309,7 @@ def _spec(name, source, description, load, **geometry) -> BackboneSpec:
         load=load,
         model_type="qwen2_5_vl",
         make_adapter=make_adapter,
+        load_folder=load_pretrained,
         **geometry,
     )
 

@@ -4,23 +4,15 @@ visual tokens, with an instruction after it (Photon's saliency reads the instruc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from photon.adapters.qwen_inputs import model_inputs
 from photon.modalities.base import Media
+from photon.modalities.dataset import Sample
 
 QUESTION = "Describe the most likely abnormality in this scan and say where it is."
 ANSWER = "A small nodule in the right upper lobe, about eight millimetres across."
-
-
-@dataclass
-class BenchSample:
-    id: str
-    messages: list[dict]
-    media: list[Media]
-    meta: dict = field(default_factory=dict)
 
 
 def token_grid(visual_tokens: int) -> tuple[int, int]:
@@ -31,7 +23,7 @@ def token_grid(visual_tokens: int) -> tuple[int, int]:
     return steps, max(1, round(math.sqrt(visual_tokens / steps)))
 
 
-def samples(geometry, visual_tokens: int, batch: int, *, train: bool, seed: int = 0) -> list[BenchSample]:
+def samples(geometry, visual_tokens: int, batch: int, *, train: bool, seed: int = 0) -> list[Sample]:
     """batch prompts with the same shape and different pixels (so selections differ)."""
     steps, side = token_grid(visual_tokens)
     frames = steps * geometry.temporal_patch_size
@@ -48,7 +40,7 @@ def samples(geometry, visual_tokens: int, batch: int, *, train: bool, seed: int 
         messages = [{"role": "user", "content": "<video>" + QUESTION}]
         if train:
             messages.append({"role": "assistant", "content": ANSWER})
-        out.append(BenchSample(f"bench-{i}", messages, [media]))
+        out.append(Sample(f"bench-{i}", messages, [media]))
     return out
 
 

@@ -18,8 +18,7 @@ def run(args):
     file, overrides = args.file, list(args.overrides)
     if file is not None and "=" in file:  # only overrides were given
         file, overrides = None, [file, *overrides]
-    schema = schema_for(file) if file is not None else None
-    cfg = load_config(file, overrides, schema) if schema is not None else load_config(None, overrides)
+    cfg = load_config(file, overrides, schema_for(file)) if file is not None else load_config(None, overrides)
     print(OmegaConf.to_yaml(cfg), end="")
     return 0
 

@@ -48,7 +48,7 @@ def attach(
     mode: str = "trained",
     pruner: str = "photon",
     config: PhotonConfig | DictConfig | None = None,
-    predictor_state: dict | None = None,
+    pruner_state: dict | None = None,
     **overrides,
 ) -> nn.Module:
     """Wrap a Qwen-VL model in place so visual tokens are selected and removed at one layer.
@@ -74,8 +74,8 @@ def attach(
     if isinstance(made, nn.Module):
         parameter = next(model.parameters())
         made.to(parameter.device)
-        if predictor_state is not None:
-            made.predictor.load_state_dict(predictor_state)
+        if pruner_state is not None:
+            made.load_state_dict(pruner_state)
         elif mode == "trained" and pruner == "photon" and selection.theta is None and selection.keep_ratio is None:
             warnings.warn(
                 "trained mode with an untrained threshold predictor keeps nearly every visual token; load a Photon "
@@ -114,26 +114,64 @@ def last_selection(model: nn.Module) -> list[dict]:
     return runtime_of(model).records
 
 
-def load(source: str, *, backbone: str | None = None, mode: str | None = None, **options) -> Any:
-    """Load a backbone by registered name or folder and attach Photon; returns photon.adapters.base.Loaded.
+def _spec_for_model_type(model_type: str):
+    for registered in plugins.backbones().values():
+        if registered.obj.model_type == model_type and registered.obj.load_folder is not None:
+            return registered.obj
+    raise PhotonError(f"no registered backbone loads model_type {model_type!r}; see `photon plugins`")
 
-    A folder with released Photon weights attaches in trained mode at the checkpoint's layer.
+
+def load(source: str, *, backbone: str | None = None, mode: str | None = None, **options) -> Any:
+    """Load a registered backbone, a Hugging Face folder, or a Photon checkpoint folder, and attach Photon.
+
+    Returns photon.adapters.base.Loaded. A Photon checkpoint folder (photon.yaml) rebuilds the
+    wrapped model it describes; a folder with released Photon weights attaches in trained mode
+    at the checkpoint's layer; anything else attaches in zero-shot mode unless `mode` says so.
     """
+    from pathlib import Path
+
+    from photon.core import checkpoint
+
+    if checkpoint.is_photon_folder(source):
+        meta = checkpoint.read_meta(source)
+        spec = _spec_for_model_type(meta["model_type"])
+        loaded = spec.load_folder(source, **options)
+        loaded.backbone = meta.get("backbone", loaded.backbone)
+        if not meta.get("attached"):
+            return loaded
+        checkpoint.check_compatible(meta, loaded.model, Path(source))
+        saved = meta["photon"]["selection"]
+        overrides = {k: v for k, v in saved.items() if k != "mode"}
+        config = PhotonConfig(selection=SelectionConfig(**saved), sgp=SGPConfig(**meta["photon"]["sgp"]))
+        attach(
+            loaded.model,
+            mode=mode or saved["mode"],
+            pruner=meta.get("pruner", "photon"),
+            config=config,
+            pruner_state=checkpoint.load_photon_weights(source),
+            **overrides,
+        )
+        return loaded
     name = backbone or (source if source in plugins.backbones() else None)
     if name is not None:
         spec = backbone_spec(name)
         loaded = spec.load(None if source == name else source, **options)
-    else:
-        from photon.adapters.qwen2_5_vl import load_pretrained  # folders default to Qwen2.5-VL
+    elif Path(source).is_dir():
+        raw = Path(source) / "config.json"
+        if not raw.is_file():
+            raise PhotonError(f"{source}: no config.json; expected a Qwen-VL checkpoint folder or a Photon checkpoint")
+        import json
 
-        loaded = load_pretrained(source, **options)
+        loaded = _spec_for_model_type(json.loads(raw.read_text()).get("model_type")).load_folder(source, **options)
+    else:
+        raise PhotonError(f"{source!r} is neither a registered backbone ({', '.join(sorted(plugins.backbones()))}) nor a folder")
     weights = loaded.photon
     overrides = {"layer": weights["layer"]} if weights else {}
     attach(
         loaded.model,
-        backbone=None if name is None else name,
+        backbone=name,
         mode=mode or ("trained" if weights else "zero_shot"),
-        predictor_state=weights["state"] if weights else None,
+        pruner_state=weights["state"] if weights else None,
         **overrides,
     )
     return loaded

@@ -98,8 +98,9 @@ def load_config(
     """Merge a YAML file and dotlist overrides over a structured schema.
 
     Unknown keys and wrongly typed values raise PhotonError naming the file or override.
+    schema=None merges free-form (DeepSpeed's own config files).
     """
-    merged = OmegaConf.structured(schema)
+    merged = OmegaConf.structured(schema) if schema is not None else OmegaConf.create({})
     try:
         if path is not None:
             path = Path(path)
@@ -127,6 +128,8 @@ def to_object(cfg: DictConfig) -> Any:
 # so this module stays free of the training and evaluation packages.
 SCHEMAS_BY_FOLDER = {
     "configs": "photon.core.config:PhotonConfig",
+    "train": "photon.training.config:TrainConfig",
+    "deepspeed": None,  # DeepSpeed's own JSON schema, merged by the trainer as is
 }
 
 
@@ -135,8 +138,10 @@ def schema_for(path: str | Path) -> Any:
     import importlib
 
     folder = Path(path).resolve().parent.name
-    target = SCHEMAS_BY_FOLDER.get(folder)
-    if target is None:
+    if folder not in SCHEMAS_BY_FOLDER:
         raise PhotonError(f"{path}: no config schema for folder {folder!r}; known: {', '.join(SCHEMAS_BY_FOLDER)}")
+    target = SCHEMAS_BY_FOLDER[folder]
+    if target is None:
+        return None
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)

@@ -28,6 +28,19 @@ BUILTIN_PLUGINS = (
     "photon.commands.plugins",
     "photon.commands.config",
     "photon.commands.bench",
+    "photon.commands.train",
+    "photon.commands.eval",
+    "photon.evaluation.benchmarks.rad3d",
+    "photon.evaluation.benchmarks.deeptumorvqa",
+    "photon.evaluation.benchmarks.slake",
+    "photon.evaluation.benchmarks.nextqa",
+    "photon.evaluation.benchmarks.medframeqa",
+    "photon.commands.inspect",
+    "photon.commands.preprocess",
+    "photon.commands.convert",
+    "photon.modalities.ct",
+    "photon.modalities.frames",
+    "photon.modalities.video",
 )
 
 pm = pluggy.PluginManager("photon")

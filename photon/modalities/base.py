@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,8 +32,31 @@ class Media:
             raise PhotonError(f"{self.source}: expected frames shaped (T, C, H, W), got {self.frames.shape}")
 
 
-def load_media(path: str | Path, kind: str | None = None, **options) -> Media:
-    """Open `path` with the modality a plugin chooses for it (choose_modality hook)."""
+def explain(exc: BaseException) -> str:
+    """A library exception as one line for a PhotonError message: its type and text."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A loader to register with register_modalities, plus what `photon inspect` can ask of it.
+
+    Calling it loads (loader(path, **options) -> Media). describe(path) returns facts about
+    the file without resizing anything; model_shape(facts, **options) returns the frames
+    shape the loader would produce with those options. Plain functions are valid loaders too.
+    """
+
+    kind: str  # "volume" | "image" | "video"
+    load: Callable[..., Media]
+    describe: Callable[..., dict[str, Any]] | None = None
+    model_shape: Callable[..., tuple[int, int, int, int]] | None = None
+
+    def __call__(self, path, **options) -> Media:
+        return self.load(path, **options)
+
+
+def choose_loader(path: str | Path, kind: str | None = None) -> tuple[str, Callable[..., Media]]:
+    """The registered modality a plugin chooses for `path` (choose_modality hook): (name, loader)."""
     path = Path(path)
     if not path.exists():
         raise PhotonError(f"{path}: no such file or folder")
@@ -44,4 +67,10 @@ def load_media(path: str | Path, kind: str | None = None, **options) -> Media:
     registered = plugins.modalities().get(name)
     if registered is None:
         raise PhotonError(f"{path}: modality {name!r} was chosen but is not registered")
-    return registered.obj(path, **options)
+    return name, registered.obj
+
+
+def load_media(path: str | Path, kind: str | None = None, **options) -> Media:
+    """Open `path` with the modality a plugin chooses for it (choose_modality hook)."""
+    _, loader = choose_loader(path, kind)
+    return loader(Path(path), **options)
