@@ -13,7 +13,7 @@ import torch
 from photon.core.errors import PhotonError
 
 # Query rows per attention chunk: bounds the (heads x rows x frame) score block in memory.
-_SCORE_ELEMENTS = 1 << 22
+_SCORE_ELEMENTS = 1 << 20
 
 
 class VisionAttentionCapture:

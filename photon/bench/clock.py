@@ -54,17 +54,10 @@ def timing(module: torch.nn.Module, device: torch.device):
         times.remove()
 
 
-def vision_encoder(model) -> torch.nn.Module:
-    visual = getattr(getattr(model, "model", None), "visual", None)
-    if visual is None:
-        raise TypeError(f"{type(model).__name__} has no model.visual: photon bench measures Qwen-VL models")
-    return visual
-
-
-def time_generate(model, inputs: dict, new_tokens: int) -> dict[str, float]:
+def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens: int) -> dict[str, float]:
     """One greedy generate() of exactly new_tokens tokens, split into phases (seconds)."""
     device = next(model.parameters()).device
-    with timing(vision_encoder(model), device) as vision, timing(model, device) as calls:
+    with timing(vision_tower, device) as vision, timing(model, device) as calls:
         synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():

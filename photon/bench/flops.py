@@ -194,10 +194,3 @@ def configuration_flops(
 def frames_of(grids: list[tuple[int, int, int]]) -> tuple[tuple[int, int], ...]:
     """(h, w) per temporal step of a sample's media, from their (t, h, w) patch grids."""
     return tuple((h, w) for t, h, w in grids for _ in range(t))
-
-
-def ideal_ratio(pruned: float | None, stock: float | None) -> float | None:
-    if pruned is None or not stock:
-        return None
-    return pruned / stock
-

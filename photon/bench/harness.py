@@ -23,6 +23,7 @@ import photon
 from photon.bench import clock, flops, memory, workload
 from photon.bench.models import ModelSpec, build_model
 from photon.core import plugins
+from photon.core.api import spec_for_model
 from photon.core.errors import PhotonError
 
 TIMES = ("vision_s", "prefill_s", "decode_s_per_token", "generate_s", "train_step_s")
@@ -97,10 +98,7 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _shapes(model, prompt: dict, kept: list[int]) -> list[flops.SampleShape]:
-    from photon.core.api import spec_for_model
-
-    adapter = spec_for_model(model).make_adapter(model)
+def _shapes(adapter, prompt: dict, kept: list[int]) -> list[flops.SampleShape]:
     ids, real = prompt["input_ids"], prompt["attention_mask"].bool()
     visual = (adapter.visual_kinds(ids) > 0) & real
     instruction = adapter.instruction_mask(ids) & real
@@ -117,7 +115,7 @@ def _shapes(model, prompt: dict, kept: list[int]) -> list[flops.SampleShape]:
     ]
 
 
-def _measure_rounds(model, configs, prompt, train, options, step) -> tuple[dict, dict]:
+def _measure_rounds(model, vision_tower, configs, prompt, train, options, step) -> tuple[dict, dict]:
     """Warm-up, then interleaved measured rounds: (time samples, selection facts) by label."""
     samples = {c.label: {name: [] for name in TIMES} for c in configs}
     selections: dict[str, dict] = {}
@@ -128,7 +126,7 @@ def _measure_rounds(model, configs, prompt, train, options, step) -> tuple[dict,
             step(f"round {r + 1}/{rounds} ({'warm-up' if r < options.warmup else 'measured'}): {config.label}")
             attach(model, config)
             try:
-                times = clock.time_generate(model, prompt, options.new_tokens)
+                times = clock.time_generate(model, vision_tower, prompt, options.new_tokens)
                 if config.pruner is not None:
                     runtime = model._photon
                     selections[config.label] = {
@@ -176,14 +174,15 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
         for batch in workload.batches(encoder, options.visual_tokens, options.batch, seed=options.model.seed)
     )
     dims = flops.dims_of(model.config)
-    samples, selections = _measure_rounds(model, configs, prompt, train, options, step)
+    adapter = spec_for_model(model).make_adapter(model)
+    samples, selections = _measure_rounds(model, adapter.vision_tower(model), configs, prompt, train, options, step)
 
-    stock_shapes = _shapes(model, prompt, [0] * options.batch)
+    stock_shapes = _shapes(adapter, prompt, [0] * options.batch)
     results = []
     for config in configs:
         chosen = selections.get(config.label)
         kept = chosen["kept"] if chosen else [s.visual for s in stock_shapes]
-        shapes = _shapes(model, prompt, kept)
+        shapes = _shapes(adapter, prompt, kept)
         counted = flops.configuration_flops(
             dims,
             shapes,
