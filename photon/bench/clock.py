@@ -54,14 +54,19 @@ def timing(module: torch.nn.Module, device: torch.device):
         times.remove()
 
 
+def generate(model, inputs: dict, new_tokens: int) -> None:
+    """Greedy generate() of exactly new_tokens tokens (an early end-of-text would skew decode)."""
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+
 def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens: int) -> dict[str, float]:
-    """One greedy generate() of exactly new_tokens tokens, split into phases (seconds)."""
+    """One generate() split into phases (seconds)."""
     device = next(model.parameters()).device
     with timing(vision_tower, device) as vision, timing(model, device) as calls:
         synchronize(device)
         start = time.perf_counter()
-        with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        generate(model, inputs, new_tokens)
         synchronize(device)
         total = time.perf_counter() - start
     return {

@@ -77,22 +77,19 @@ def attach(model, config: Configuration) -> None:
 
 
 def machine_info(device: torch.device) -> dict:
+    import transformers
+
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         # Other work on the machine skews CPU timings: the 1-minute load average says how busy it was.
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

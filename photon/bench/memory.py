@@ -26,11 +26,11 @@ from photon.core.errors import PhotonError
 
 # -- CUDA, in process -------------------------------------------------------------------
 def cuda_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
-    from photon.bench.clock import train_step
+    from photon.bench.clock import generate, train_step
 
     device = next(model.parameters()).device
     out = {"method": "cuda_max_memory_allocated"}
-    for phase, run in (("generate", lambda: _generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train))):
+    for phase, run in (("generate", lambda: generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train))):
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -39,11 +39,6 @@ def cuda_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
         torch.cuda.synchronize(device)
         out[phase] = {"base": base, "peak": torch.cuda.max_memory_allocated(device)}
     return out
-
-
-def _generate(model, inputs: dict, new_tokens: int) -> None:
-    with torch.no_grad():
-        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
 
 # -- CPU, one subprocess per configuration -------------------------------------------------
@@ -70,12 +65,12 @@ def _reset_peak() -> int:
 
 def rss_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
     """Peak RSS per phase of this process (call it in a fresh one)."""
-    from photon.bench.clock import train_step
+    from photon.bench.clock import generate, train_step
 
-    _generate(model, prompt, min(new_tokens, 2))  # warm-up: one-time allocations are not the workload's
+    generate(model, prompt, min(new_tokens, 2))  # warm-up: one-time allocations are not the workload's
     train_step(model, train)
     out = {"method": "rss_fresh_process"}
-    for phase, run in (("generate", lambda: _generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train))):
+    for phase, run in (("generate", lambda: generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train))):
         base = _reset_peak()
         run()
         out[phase] = {"base": base, "peak": _status_kib("VmHWM") * 1024}
