@@ -1,8 +1,9 @@
-"""Records -> loaders -> the real Qwen2.5-VL encoder -> a forward pass of the tiny offline backbone."""
+"""Records -> loaders -> the real Qwen2.5-VL / Qwen3-VL encoder -> a forward pass of the tiny offline backbone."""
 
 import json
 
 import nibabel as nib
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -14,7 +15,8 @@ from photon.modalities.dataset import PhotonDataset
 from tests.make_media import AFFINE_DIRECTIONS, phantom, write_image, write_mp4
 
 
-def test_records_reach_the_tiny_backbone_with_the_token_counts_inspect_reports(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["qwen2.5-vl-tiny", "qwen3-vl-tiny"])
+def test_records_reach_the_tiny_backbone_with_the_token_counts_inspect_reports(name, tmp_path, capsys):
     nib.save(phantom(AFFINE_DIRECTIONS["LAS"], spacing=4.0), tmp_path / "ct.nii.gz")
     write_image(tmp_path / "a.png")
     write_mp4(tmp_path / "clip.mp4")
@@ -27,7 +29,6 @@ def test_records_reach_the_tiny_backbone_with_the_token_counts_inspect_reports(t
         {"id": "video", "messages": [{"role": "user", "content": "What happens?"}, {"role": "assistant", "content": "B"}],
          "videos": ["clip.mp4"]},
     ]))
-    name = "qwen2.5-vl-tiny"
     spec = plugins.backbones()[name].obj
     loaded = spec.load()
     dataset = PhotonDataset(records, encoder=loaded.encoder, media_options=options_for_backbone(spec))

@@ -103,7 +103,22 @@ def test_volume_packing_through_the_3d_embedding_skips_normalisation():
 
 def test_qwen3_style_chat_format_writes_one_block_per_frame_step():
     chat = ChatFormat(default_system=None, frame_timestamps=True)
-    media = Media(frames=np.zeros((4, 3, 56, 56), dtype=np.float32), kind="video", source="v", fps=2.0)
+    media = Media(frames=np.zeros((4, 3, 56, 56), dtype=np.float32), kind="video", source="v", fps=1.0)
     block = chat.visual_block(pack_media(media, VisualGeometry()))
-    assert block.count("<|vision_start|>") == 2 and block.startswith("<0.0 seconds>")
-    assert "<1.0 seconds>" in block
+    # Each step's time is the mean of its first and last frame times (frames at 0, 1, 2, 3 s).
+    assert block.count("<|vision_start|>") == 2 and block.startswith("<0.5 seconds>")
+    assert "<2.5 seconds>" in block
+
+
+def test_batch_instruction_mask_equals_the_adapters_on_several_media():
+    from photon.adapters.qwen2_5_vl import load_tiny
+
+    loaded = load_tiny()
+    sample = video_sample(0, 2, 56, 56, "compare with <video> which is larger?")
+    sample.media = sample.media * 2
+    batch = loaded.encoder.collate([loaded.encoder.encode(sample, train=False)])
+    from photon.adapters.qwen2_5_vl import Qwen25VLAdapter
+
+    assert torch.equal(batch["instruction_mask"], Qwen25VLAdapter(loaded.model).instruction_mask(batch["input_ids"]))
+    question = loaded.encoder.tokenizer.decode(batch["input_ids"][0][batch["instruction_mask"][0]])
+    assert " ".join(question.split()) == "compare with which is larger?"  # both blocks' text, no visual tokens

@@ -143,7 +143,7 @@ def install_volume_embedding(model, *, init: str = "inflate", kernel: tuple[int,
             new.proj.weight.copy_((torch.randn(new.proj.weight.shape, generator=generator) / fan_in**0.5).to(weight.dtype))
         else:
             raise PhotonError(f"volume embedding init must be 'inflate' or 'random', got {init!r}")
-    visual.patch_embed = new.to(weight.device)
+    visual.patch_embed = new.to(device=weight.device, dtype=weight.dtype)
     for cfg in (model.config.vision_config, visual.config):
         cfg.in_channels = 1
         cfg.temporal_patch_size = kd

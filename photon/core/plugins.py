@@ -19,6 +19,7 @@ from photon.core import hookspecs
 
 BUILTIN_PLUGINS = (
     "photon.adapters.qwen2_5_vl",
+    "photon.adapters.qwen3_vl",
     "photon.core.pruners",
     "photon.pruners.random_keep",
     "photon.pruners.ise_topk",

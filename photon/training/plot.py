@@ -83,7 +83,7 @@ def plot_training(log: str | Path, out: str | Path | None = None, window: int = 
     axes[1].set_ylabel("band trigger rate")
     axes[1].set_ylim(-0.02, 1.02)
     for key, colour in (("ce", "#2ca02c"), ("band", "#9467bd"), ("robust", "#8c564b"), ("flip", "#e377c2")):
-        points = series(key)
+        points = series(f"loss_{key}")
         if points:
             x, y = smooth(points)
             axes[2].plot(x, y, color=colour, label=key)

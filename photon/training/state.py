@@ -3,7 +3,7 @@
     OUT/checkpoints/step-00000500/       a Photon checkpoint folder (photon attach --checkpoint loads it)
         trainer_state.json               micro step (drives the schedule), optimiser step, config
         rng/rank-0.json, rank-0.safetensors   every RNG of every rank
-        deepspeed/                       DeepSpeed's optimiser and LR-scheduler state (ZeRO shards)
+        deepspeed/state/                 DeepSpeed's optimiser and LR-scheduler state (ZeRO shards)
     OUT/checkpoints/latest               the name of the newest complete checkpoint
 
 Each rank writes into step-N.partial/; rank 0 renames it once all have finished, so a run
@@ -97,7 +97,7 @@ def save(
         partial.mkdir()
     barrier()
     # Collective: each rank writes its optimiser shard; the module copy is excluded when possible.
-    engine.save_checkpoint(str(partial), tag="deepspeed", exclude_frozen_parameters=True)
+    engine.save_checkpoint(str(partial / "deepspeed"), tag="state", exclude_frozen_parameters=True)
     save_rng(partial / "rng", world.rank)
     full_state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
     barrier()
@@ -128,7 +128,7 @@ def latest(output_dir: str | Path) -> Path | None:
 
 def restore(engine, folder: Path, world: World) -> dict[str, Any]:
     """Load optimiser, scheduler, module and RNG state; returns trainer_state.json."""
-    load_path, _ = engine.load_checkpoint(str(folder), tag="deepspeed", load_module_strict=False)
+    load_path, _ = engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_module_strict=False)
     if load_path is None:
         raise PhotonError(f"{folder}: DeepSpeed found no state under {folder / 'deepspeed'}")
     state = json.loads((folder / STATE_FILE).read_text())

@@ -294,7 +294,7 @@ def _augment(batch: dict[str, Any], plan: BatchPlan, cfg: TrainConfig) -> dict[s
     return out
 
 
-def _step_metrics(run: Run, plan: BatchPlan | None, parts: dict, loss: float, seconds: float, batch: dict | None) -> dict:
+def _step_metrics(run: Run, plan: BatchPlan | None, parts: dict, loss: float, seconds: float, batch: dict | None, lr: float) -> dict:
     from photon.core.losses import band_triggered
 
     cfg = run.cfg
@@ -309,19 +309,19 @@ def _step_metrics(run: Run, plan: BatchPlan | None, parts: dict, loss: float, se
         loss_cfg = cfg.photon.loss
         triggered = float(band_triggered(info.q, info.vision_mask, loss_cfg.band_low, loss_cfg.band_high).float().mean())
     return {
-        "step": run.micro_step,
+        "step": run.micro_step - 1,  # the forward pass the schedule saw (0-based)
         "opt_step": run.opt_step,
         "stage": plan.stage.value if plan else "phase1",
         "augment": plan.augment if plan else None,
-        "flip": plan.flip if plan else False,
+        "flip_batch": plan.flip if plan else False,
         "loss": loss,
-        **{k: parts.get(k) for k in ("ce", "robust", "flip", "band")},
+        **{f"loss_{k}": parts.get(k) for k in ("ce", "robust", "flip", "band")},
         "keep_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
         "keep_ratio_min": min(ratios) if ratios else None,
         "keep_ratio_max": max(ratios) if ratios else None,
         "theta_mean": sum(thetas) / len(thetas) if thetas else None,
         "band_trigger_rate": triggered,
-        "lr": run.engine.get_lr()[0],
+        "lr": lr,  # the rate this step's update used
         "samples_per_s": n_samples / seconds if seconds > 0 else None,
         "visual_tokens_per_s": n_visual / seconds if seconds > 0 else None,
         "peak_memory_mb": peak_memory_mb(run.world.device),
@@ -361,9 +361,13 @@ def _save(run: Run) -> Path:
 
 def _media_options(cfg: TrainConfig, model) -> dict[str, dict]:
     """Loader options that fit the backbone's visual geometry, under the config's own."""
-    vision = model.config.vision_config
-    factor = vision.patch_size * vision.spatial_merge_size
-    options = {"frames": {"factor": factor}, "video": {"factor": factor}}
+    from photon.core import plugins
+    from photon.core.api import spec_for_model
+    from photon.modalities.config import options_for_backbone
+
+    known = plugins.backbones()
+    spec = known[cfg.model.backbone].obj if cfg.model.backbone in known else spec_for_model(model)
+    options = options_for_backbone(spec)
     return {name: {**options.get(name, {}), **dict(cfg.data.media.get(name, {}))} for name in {*options, *cfg.data.media}}
 
 
@@ -420,9 +424,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Run:
     bar = tqdm(total=cfg.run.max_steps, initial=run.opt_step, desc=f"phase {cfg.run.phase}", unit="step",
                disable=not (cfg.run.progress and run.world.main))
     for batch in loader:
-        _micro_step(run, batch)
-        if run.micro_step % cfg.run.grad_accum == 0:
-            run.opt_step += 1
+        stepped = _micro_step(run, batch)
+        if stepped:
             bar.update(1)
             if run.opt_step % cfg.run.save_every == 0 or run.opt_step == cfg.run.max_steps:
                 _save(run)
@@ -439,13 +442,15 @@ def _bounded(run: Run):
     return [next(iterator) for _ in range(max(0, remaining))]
 
 
-def _micro_step(run: Run, batch: dict | None) -> None:
+def _micro_step(run: Run, batch: dict | None) -> bool:
+    """One forward/backward; True when it completed an optimiser step."""
     cfg = run.cfg
     plan = plan_batch(run.micro_step, run.schedule, cfg.photon.schedule) if cfg.run.phase == 2 else None
     runtime = getattr(run.model, "_photon", None)
     if runtime is not None:
         runtime.plan = plan
     start = time.perf_counter()
+    lr = run.engine.get_lr()[0]
     if batch is None:  # every record of this batch failed to load: keep step with the other ranks
         loss, parts = _touch_every_parameter(run), {}
     else:
@@ -475,8 +480,11 @@ def _micro_step(run: Run, batch: dict | None) -> None:
     run.engine.step()
     seconds = time.perf_counter() - start
     run.micro_step += 1
+    stepped = run.micro_step % cfg.run.grad_accum == 0
+    run.opt_step += int(stepped)
     if run.world.main and run.micro_step % cfg.run.log_every == 0:
-        _append_log(run.log_path, _step_metrics(run, plan, parts, float(loss.detach()), seconds, batch))
+        _append_log(run.log_path, _step_metrics(run, plan, parts, float(loss.detach()), seconds, batch, lr))
+    return stepped
 
 
 def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:

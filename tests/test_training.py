@@ -1,0 +1,206 @@
+"""photon train on the tiny backbone, one CPU process, ZeRO-2 (and a 2-process gloo run)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("deepspeed", reason="the train extra (DeepSpeed) is not installed")
+
+import photon  # noqa: E402
+from photon.training import trainer  # noqa: E402
+from photon.training.config import TrainConfig  # noqa: E402
+from photon.training.trainer import load_train_config, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_records(folder: Path, n: int = 6, text_only_at: int | None = None) -> Path:
+    """Phantom volumes with a bright block on the left or right; the answer names the side."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        if i == text_only_at:
+            records.append({"id": f"text{i}", "messages": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "yes"}]})
+            continue
+        volume = rng.normal(-500, 40, (28, 56, 56)).astype(np.float32)
+        left = i % 2 == 0
+        volume[8:20, 28:48, 10:20] += 1300 if left else 0  # nibabel axes R->L: high index = patient left
+        volume[8:20, 8:28, 10:20] += 0 if left else 1300
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), str(folder / f"ct{i}.nii.gz"))
+        records.append({
+            "id": f"case{i}",
+            "messages": [{"role": "user", "content": "<video>Which side holds the lesion?"},
+                         {"role": "assistant", "content": "left" if left else "right"}],
+            "videos": [f"ct{i}.nii.gz"],
+        })
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def config(tmp_path, records, *overrides) -> TrainConfig:
+    return load_train_config(
+        str(ROOT / "configs/train/phase2.yaml"),
+        [
+            "model.backbone=qwen2.5-vl-tiny",
+            "model.gradient_checkpointing=false",
+            f"data.train={records}",
+            "data.media={ct: {size: [28, 56, 56], preprocess: false}}",
+            "data.shuffle=false",
+            f"run.output_dir={tmp_path / 'out'}",
+            "run.progress=false",
+            "photon.schedule.scale_with_run=false",
+            *overrides,
+        ],
+    )
+
+
+def read_log(cfg):
+    return [json.loads(line) for line in (Path(cfg.run.output_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def test_phase1_trains_only_the_patch_embedding(tmp_path):
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, "run.phase=1", "model.volume_embedding=inflate", "run.max_steps=2", "optim.lr=1e-2")
+    before = None
+
+    run = trainer.build_run(cfg)
+    model = run.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"model.visual.patch_embed.proj.weight"}
+    assert getattr(model, "_photon", None) is None  # no pruning in phase 1
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run = train(cfg)
+    after = dict(run.model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed == {"model.visual.patch_embed.proj.weight"}
+
+
+def test_stages_switch_at_the_configured_steps_and_the_log_has_every_field(tmp_path):
+    records = write_records(tmp_path)
+    cfg = config(tmp_path, records, "run.max_steps=6", "photon.schedule.soft_start=2", "photon.schedule.hard_start=4", "photon.schedule.flip_start=5")
+    train(cfg)
+    rows = read_log(cfg)
+    assert [r["stage"] for r in rows] == ["full", "full", "soft", "soft", "hard", "flip"]
+    assert [r["step"] for r in rows] == list(range(6))
+    for field in ("loss_ce", "loss_robust", "loss_flip", "loss_band", "keep_ratio_mean", "keep_ratio_min", "keep_ratio_max",
+                  "theta_mean", "band_trigger_rate", "stage", "samples_per_s", "visual_tokens_per_s", "peak_memory_mb", "lr"):
+        assert field in rows[0]
+    assert rows[0]["keep_ratio_mean"] is None and rows[4]["keep_ratio_mean"] is not None
+    assert rows[2]["loss_band"] is not None or rows[2]["augment"]
+
+
+def test_hard_stage_trains_the_threshold_predictor(tmp_path):
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, "run.max_steps=2", "optim.lr=1e-2", "photon.schedule.soft_start=0",
+                 "photon.schedule.hard_start=0", "photon.schedule.flip_start=100", "photon.schedule.robust_prob=0")
+    initial = {k: v.clone() for k, v in trainer.build_run(cfg).model.photon_pruner.state_dict().items()}  # seeded
+    train(cfg)
+    assert all(r["stage"] == "hard" for r in read_log(cfg))
+    trained = load_file(str(Path(cfg.run.output_dir) / "checkpoints/step-00000002/photon.safetensors"))
+    # Adam moves every parameter whose gradient is non-zero.
+    assert all(not torch.equal(initial[k], trained[k]) for k in initial)
+
+
+def test_loss_decreases_on_a_small_learnable_set(tmp_path):
+    records = write_records(tmp_path, n=4)
+    cfg = config(tmp_path, records, "run.max_steps=24", "optim.lr=3e-3", "optim.warmup_ratio=0", "optim.schedule=constant",
+                 "photon.schedule.robust_prob=0", "photon.schedule.soft_start=1000", "photon.schedule.hard_start=1000",
+                 "photon.schedule.flip_start=1000")
+    train(cfg)
+    losses = [r["loss"] for r in read_log(cfg)]
+    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    records = write_records(tmp_path)
+    common = ["run.max_steps=6", "run.save_every=3", "photon.schedule.soft_start=2", "photon.schedule.hard_start=3",
+              "photon.schedule.flip_start=4", "photon.schedule.robust_prob=0.3", "optim.lr=1e-3", "data.shuffle=true"]
+    straight = config(tmp_path / "a", records, *common)
+    train(straight)
+    stopped = config(tmp_path / "b", records, *common)
+    real_step = trainer._micro_step
+
+    def killed_after_the_checkpoint(run, batch):
+        if run.micro_step == 4:  # the checkpoint at step 3 is on disk; this step is lost
+            raise KeyboardInterrupt
+        return real_step(run, batch)
+
+    monkeypatch.setattr(trainer, "_micro_step", killed_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped)
+    monkeypatch.setattr(trainer, "_micro_step", real_step)
+    train(stopped, resume=True)
+    a, b = read_log(straight), read_log(stopped)
+    resumed = [r for r in b if r["step"] >= 3][-3:]
+    for x, y in zip(a[3:], resumed):
+        assert (x["step"], x["stage"], x["lr"], x["augment"]) == (y["step"], y["stage"], y["lr"], y["augment"])
+    final = "checkpoints/step-00000006"
+    for name in ("model.safetensors", "photon.safetensors"):
+        wa = load_file(str(Path(straight.run.output_dir) / final / name))
+        wb = load_file(str(Path(stopped.run.output_dir) / final / name))
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
+
+
+def test_checkpoint_loads_as_a_photon_model_and_old_ones_are_pruned(tmp_path):
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, "run.max_steps=3", "run.save_every=1", "run.keep_last=2")
+    train(cfg)
+    root = Path(cfg.run.output_dir) / "checkpoints"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step-00000002", "step-00000003"]
+    assert (root / "latest").read_text() == "step-00000003"
+    loaded = photon.load(str(root / "step-00000003"))
+    assert loaded.model._photon.config.mode == "trained"
+
+
+def test_a_batch_without_visual_tokens_trains(tmp_path):
+    records = write_records(tmp_path, n=3, text_only_at=0)
+    cfg = config(tmp_path, records, "run.max_steps=3", "photon.schedule.soft_start=0", "photon.schedule.hard_start=0")
+    train(cfg)
+    rows = read_log(cfg)
+    assert rows[0]["keep_ratio_mean"] is None and rows[1]["keep_ratio_mean"] is not None
+
+
+def test_two_ranks_with_a_text_only_batch_on_one_do_not_hang(tmp_path):
+    records = write_records(tmp_path, n=4, text_only_at=1)  # rank 1's first batch has no visual token
+    out = tmp_path / "out2"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    from photon.training.distributed import free_port
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "-m", "photon", "train", "--config", str(ROOT / "configs/train/phase2.yaml"),
+        "model.backbone=qwen2.5-vl-tiny", "model.gradient_checkpointing=false", f"data.train={records}",
+        "data.media={ct: {size: [28, 56, 56], preprocess: false}}", "data.shuffle=false", f"run.output_dir={out}",
+        "run.progress=false", "run.max_steps=2", "photon.schedule.scale_with_run=false",
+        "photon.schedule.soft_start=0", "photon.schedule.hard_start=0",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    assert (out / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
+
+
+def test_plot_training_draws_a_png(tmp_path):
+    from photon.cli import main
+
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, "run.max_steps=4", "photon.schedule.soft_start=1", "photon.schedule.hard_start=2")
+    train(cfg)
+    png = tmp_path / "curve.png"
+    assert main(["plot-training", str(Path(cfg.run.output_dir) / "log.jsonl"), "--out", str(png)]) == 0
+    from PIL import Image
+
+    assert Image.open(png).size == (900, 900)
