@@ -115,3 +115,12 @@ def test_bench_command_runs_end_to_end(tmp_path, capsys):
 def test_bench_rejects_bad_options_clearly(argv, message, capsys):
     assert main(["bench", "--no-memory", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_flops_refuse_a_backbone_they_do_not_model():
+    from transformers import Qwen3VLConfig
+
+    from photon.core.errors import PhotonError
+
+    with pytest.raises(PhotonError, match="qwen3_vl"):
+        flops.dims_of(Qwen3VLConfig())

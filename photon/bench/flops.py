@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from photon.core.errors import PhotonError
+
 
 @dataclass(frozen=True)
 class TextDims:
@@ -57,6 +59,9 @@ class SampleShape:
 
 def dims_of(config) -> ModelDims:
     """ModelDims from a Qwen2.5-VL transformers config."""
+    if config.model_type != "qwen2_5_vl":
+        # Other vision encoders differ (Qwen3-VL: no windows, an ungated MLP, DeepStack mergers).
+        raise PhotonError(f"photon bench counts FLOPs for Qwen2.5-VL models only, not model_type {config.model_type!r}")
     t, v = config.get_text_config(), config.vision_config
     return ModelDims(
         text=TextDims(
