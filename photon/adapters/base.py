@@ -89,6 +89,19 @@ class Adapter(Protocol):
     def split_extras(self, kwargs: dict) -> tuple[LayerExtras | None, dict]:
         """Take the per-token side inputs out of the text model's kwargs."""
 
+    # Optional: adapters that implement it serve pruners with `needs_vision_attention = True`.
+    def capture_vision_attention(self, model: nn.Module) -> "VisionAttention":
+        """Hook the vision encoder so a pruner can read the attention its tokens received there."""
+
+
+class VisionAttention(Protocol):
+    """What capture_vision_attention returns; the runtime removes it on detach."""
+
+    def read(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) attention received in the vision encoder and (B, L, Dk) keys, at visual positions."""
+
+    def remove(self) -> None: ...
+
 
 @dataclass
 class Loaded:

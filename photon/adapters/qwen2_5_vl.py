@@ -99,6 +99,11 @@ class Qwen25VLAdapter:
     def split_extras(self, kwargs):
         return None, kwargs
 
+    def capture_vision_attention(self, model):
+        from photon.adapters.qwen_vision_attention import VisionAttentionCapture
+
+        return VisionAttentionCapture(model, self.visual_kinds)
+
 
 # -- the Photon 3D patch embedding ---------------------------------------------------------
 def inflate_rgb_kernel(weight: torch.Tensor, depth: int) -> torch.Tensor:

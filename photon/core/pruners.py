@@ -133,6 +133,13 @@ class PhotonPruner(nn.Module):
         ]
         return Selection(keep=keep, rule=rule, q=q, theta=theta, rho=rho, u=u, fallback=fallback)
 
+    def selection_flops(self, dims, shape) -> float:
+        """Multiply-adds x 2 of one sample's selection (photon bench): layer l's q/k, ISE, and u."""
+        t = dims.text
+        qk = 2 * shape.tokens * t.hidden * (t.heads + t.kv_heads) * t.head_dim
+        ise = 2 * shape.instruction * (shape.instruction + 1) * t.heads * t.head_dim
+        return float(qk + ise + 2 * shape.visual * t.heads * t.head_dim)
+
 
 def make_photon_pruner(config: SelectionConfig | None = None, **context) -> PhotonPruner:
     return PhotonPruner(config, **context)

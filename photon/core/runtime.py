@@ -80,6 +80,7 @@ class PhotonRuntime:
     last: ForwardInfo | None = None
     _inputs: dict = field(default_factory=dict)
     _generate_grids: dict = field(default_factory=dict)  # generate() encodes media before the prefill call
+    vision_attention: Any = None  # the adapter's capture, for pruners with needs_vision_attention
 
     # -- installation -------------------------------------------------------------------
     def install(self) -> None:
@@ -91,6 +92,14 @@ class PhotonRuntime:
         self.layer = self.pruner.layer_for(self.num_layers)
         if not -1 <= self.layer < self.num_layers - 1:
             raise PhotonError(f"selection layer {self.layer} must lie in -1..{self.num_layers - 2} (pruning the last layer's output saves nothing)")
+        if getattr(self.pruner, "needs_vision_attention", False):
+            capture = getattr(self.adapter, "capture_vision_attention", None)
+            if capture is None:
+                raise PhotonError(
+                    f"pruner {getattr(self.pruner, 'name', '?')!r} reads the vision encoder's attention, which the "
+                    f"{self.adapter.family} adapter does not provide"
+                )
+            self.vision_attention = capture(self.model)
         text_model.forward = types.MethodType(_bind_text_forward(self), text_model)
         self.model.forward = types.MethodType(_bind_outer_forward(self, type(self.model).forward), self.model)
         self.model.generate = types.MethodType(_bind_generate(self, type(self.model).generate), self.model)
@@ -100,6 +109,9 @@ class PhotonRuntime:
         for module, name in ((text_model, "forward"), (self.model, "forward"), (self.model, "generate")):
             if name in module.__dict__:
                 delattr(module, name)
+        if self.vision_attention is not None:
+            self.vision_attention.remove()
+            self.vision_attention = None
 
     # -- selection records ---------------------------------------------------------------
     def _record(self, selection: Selection, vision: torch.Tensor, keep_visual: torch.Tensor) -> None:
@@ -225,6 +237,10 @@ def _prefill(rt, text_model, embeds, attention_mask, position_ids, cache, use_ca
     hidden = embeds
     selection = None
 
+    extras_for_pruner = {"model": rt.model}
+    if rt.vision_attention is not None:
+        extras_for_pruner["vision_attention"] = functools.partial(rt.vision_attention.read, full_ids)
+
     def select_here(h):
         ctx = SelectionContext(
             hidden=h,
@@ -236,7 +252,7 @@ def _prefill(rt, text_model, embeds, attention_mask, position_ids, cache, use_ca
             training=text_model.training,
             compute_query_key=(lambda: adapter.query_key(layers[p], h, position_embeddings)) if p >= 0 else None,
             input_ids=full_ids,
-            extras={"model": rt.model},
+            extras=extras_for_pruner,
         )
         return rt._decide(ctx, padding)
 

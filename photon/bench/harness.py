@@ -1,0 +1,275 @@
+"""`photon bench` as a library call: every configuration side by side, in one run.
+
+One model and one input batch; configurations (stock, then each pruner at each keep ratio)
+are attached and detached in turn. Warm-up rounds run everything once unmeasured; then each
+repeat round measures every configuration, in a rotated order so no configuration always
+runs first. Each time is summarised over the repeats (fastest by default, median on
+request) and given as a ratio to stock next to the ideal ratio from analytic FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import photon
+from photon.bench import clock, flops, memory, workload
+from photon.bench.models import ModelSpec, build_model
+from photon.core import plugins
+from photon.core.api import spec_for_model
+from photon.core.errors import PhotonError
+
+TIMES = ("vision_s", "prefill_s", "decode_s_per_token", "generate_s", "train_step_s")
+# measured time -> the FLOPs that bound it
+IDEAL = {"vision_s": "vision", "prefill_s": "prefill", "decode_s_per_token": "decode", "generate_s": "generate", "train_step_s": "train"}
+
+
+@dataclass
+class BenchOptions:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    pruners: tuple[str, ...] = ("photon", "random", "fastv", "visionzip", "divprune")
+    keep: tuple[float, ...] = (0.1, 0.3, 0.5)
+    visual_tokens: int = 512
+    batch: int = 2
+    new_tokens: int = 8
+    repeats: int = 3
+    warmup: int = 1
+    memory: bool = True
+    # Interference from other work only ever adds time, so on a shared machine the fastest
+    # repeat ("min") estimates a configuration's own cost best; "median" is the alternative.
+    statistic: str = "min"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+
+@dataclass
+class Configuration:
+    pruner: str | None  # None: the stock model
+    keep_ratio: float | None = None
+
+    @property
+    def label(self) -> str:
+        return "stock" if self.pruner is None else f"{self.pruner}@{self.keep_ratio:g}"
+
+
+def configurations(options: BenchOptions) -> list[Configuration]:
+    known = plugins.pruners()
+    unknown = [p for p in options.pruners if p not in known]
+    if unknown:
+        raise PhotonError(f"unknown pruner(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    bad = [r for r in options.keep if not 0 < r <= 1]
+    if bad:
+        raise PhotonError(f"--keep ratios must lie in (0, 1], got {bad}")
+    if options.statistic not in ("min", "median"):
+        raise PhotonError(f"the statistic must be min or median, got {options.statistic!r}")
+    return [Configuration(None)] + [Configuration(p, r) for r in options.keep for p in options.pruners]
+
+
+def attach(model, config: Configuration) -> None:
+    if config.pruner is not None:
+        photon.attach(model, pruner=config.pruner, mode="zero_shot", keep_ratio=config.keep_ratio)
+
+
+def machine_info(device: torch.device) -> dict:
+    import transformers
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        # Other work on the machine skews CPU timings: the 1-minute load average says how busy it was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _shapes(adapter, prompt: dict, kept: list[int]) -> list[flops.SampleShape]:
+    ids, real = prompt["input_ids"], prompt["attention_mask"].bool()
+    visual = (adapter.visual_kinds(ids) > 0) & real
+    instruction = adapter.instruction_mask(ids) & real
+    grids = prompt["video_grid_thw"].tolist()  # one video per sample, in batch order
+    return [
+        flops.SampleShape(
+            tokens=int(real[b].sum()),
+            visual=int(visual[b].sum()),
+            instruction=int(instruction[b].sum()),
+            kept=kept[b],
+            frames=flops.frames_of([grids[b]]),
+        )
+        for b in range(ids.shape[0])
+    ]
+
+
+def _measure_rounds(model, vision_tower, configs, prompt, train, options, step) -> tuple[dict, dict]:
+    """Warm-up, then interleaved measured rounds: (time samples, selection facts) by label."""
+    samples = {c.label: {name: [] for name in TIMES} for c in configs}
+    selections: dict[str, dict] = {}
+    rounds = options.warmup + options.repeats
+    for r in range(rounds):
+        shift = r % len(configs)
+        for config in configs[shift:] + configs[:shift]:
+            step(f"round {r + 1}/{rounds} ({'warm-up' if r < options.warmup else 'measured'}): {config.label}")
+            attach(model, config)
+            try:
+                times = clock.time_generate(model, vision_tower, prompt, options.new_tokens)
+                if config.pruner is not None:
+                    runtime = model._photon
+                    selections[config.label] = {
+                        "layer": runtime.layer,
+                        "evict_all": runtime.config.cache == "evict_all",
+                        "kept": [record["n_kept"] for record in photon.last_selection(model)],
+                        "pruner": runtime.pruner,
+                    }
+                times["train_step_s"] = clock.time_train_step(model, train)
+            finally:
+                photon.detach(model)
+            if r >= options.warmup:
+                for name in TIMES:
+                    samples[config.label][name].append(times[name])
+    return samples, selections
+
+
+def _summary(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "samples": values}
+
+
+def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Measure every configuration; returns the JSON-ready result (see docs/benchmarks.md).
+
+    progress(message, step, total) is called before each step.
+    """
+    configs = configurations(options)
+    total = len(configs) * (options.warmup + options.repeats + int(options.memory)) + 1
+    counter = iter(range(total))
+
+    def step(message: str) -> None:
+        if progress is not None:
+            progress(message, next(counter, total - 1), total)
+
+    device = torch.device(options.model.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PhotonError("--device cuda was asked for but CUDA is not available")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    machine = machine_info(device)
+    step(f"building {options.model.describe()}")
+    model, encoder = build_model(options.model)
+    prompt, train = (
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for batch in workload.batches(encoder, options.visual_tokens, options.batch, seed=options.model.seed)
+    )
+    dims = flops.dims_of(model.config)
+    adapter = spec_for_model(model).make_adapter(model)
+    samples, selections = _measure_rounds(model, adapter.vision_tower(model), configs, prompt, train, options, step)
+
+    stock_shapes = _shapes(adapter, prompt, [0] * options.batch)
+    results = []
+    for config in configs:
+        chosen = selections.get(config.label)
+        kept = chosen["kept"] if chosen else [s.visual for s in stock_shapes]
+        shapes = _shapes(adapter, prompt, kept)
+        counted = flops.configuration_flops(
+            dims,
+            shapes,
+            layer=chosen["layer"] if chosen else None,
+            evict_all=chosen["evict_all"] if chosen else True,
+            new_tokens=options.new_tokens,
+            pruner=chosen["pruner"] if chosen else None,
+        )
+        results.append(
+            {
+                "label": config.label,
+                "pruner": config.pruner,
+                "keep_ratio": config.keep_ratio,
+                "layer": chosen["layer"] if chosen else None,
+                "visual_tokens": [s.visual for s in shapes],
+                "kept_tokens": kept,
+                "times": {name: _summary(v) for name, v in samples[config.label].items()},
+                "flops": counted,
+            }
+        )
+    if options.memory:
+        _measure_memory(model, configs, results, options, prompt, train, device, step)
+    _add_ratios(results, options.statistic)
+    machine["load_average_1min_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "command_options": _jsonable(options),
+        "machine": machine,
+        "model": {"description": options.model.describe(), "dims": dataclasses.asdict(dims)},
+        "input": {
+            "batch": options.batch,
+            "prompt_tokens": int(prompt["input_ids"].shape[1]),
+            "visual_tokens_per_sample": [s.visual for s in stock_shapes],
+            "video_grid_thw": prompt["video_grid_thw"].tolist(),
+            "new_tokens": options.new_tokens,
+        },
+        "configurations": results,
+    }
+
+
+def _measure_memory(model, configs, results, options, prompt, train, device, step) -> None:
+    by_label = {r["label"]: r for r in results}
+    if device.type == "cuda":
+        for config in configs:
+            step(f"memory: {config.label}")
+            attach(model, config)
+            try:
+                by_label[config.label]["memory"] = memory.cuda_peaks(model, prompt, train, options.new_tokens)
+            finally:
+                photon.detach(model)
+        return
+    if not memory.can_measure_rss():
+        step("memory: skipped (peak RSS can only be reset on Linux with a writable /proc/self/clear_refs)")
+        return
+    cpu = lambda tensors: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="photon-bench-") as workdir:
+        for config in configs:
+            step(f"memory (fresh process): {config.label}")
+            spec = {
+                "model": dataclasses.asdict(options.model),
+                "pruner": config.pruner,
+                "keep_ratio": config.keep_ratio,
+                "new_tokens": options.new_tokens,
+                "threads": options.threads,
+            }
+            by_label[config.label]["memory"] = memory.probe_in_subprocess(spec, cpu(prompt), cpu(train), workdir)
+
+
+def _ratio(a, b):
+    if a is None or b is None or not b or a != a or b != b:  # None, zero or NaN
+        return None
+    return a / b
+
+
+def _add_ratios(results: list[dict], statistic: str) -> None:
+    """Each figure over the stock model's, next to the same ratio of FLOPs (the ideal)."""
+    stock = results[0]
+    for r in results:
+        ratios = {name: _ratio(r["times"][name][statistic], stock["times"][name][statistic]) for name in TIMES}
+        ideal = {name: _ratio(r["flops"][key], stock["flops"][key]) for name, key in IDEAL.items()}
+        ratios["kept_tokens"] = _ratio(sum(r["kept_tokens"]), sum(r["visual_tokens"]))
+        ideal["kept_tokens"] = r["keep_ratio"] if r["pruner"] else 1.0
+        if "memory" in r and "memory" in stock:
+            for phase in ("generate", "train"):
+                mine, theirs = r["memory"][phase], stock["memory"][phase]
+                ratios[f"{phase}_peak_memory"] = _ratio(mine["peak"], theirs["peak"])
+                ratios[f"{phase}_memory_above_base"] = _ratio(mine["peak"] - mine["base"], theirs["peak"] - theirs["base"])
+        r["ratios"], r["ideal_ratios"] = ratios, ideal
+
+
+def _jsonable(options: BenchOptions) -> dict:
+    out = dataclasses.asdict(options)
+    out["pruners"], out["keep"] = list(options.pruners), list(options.keep)
+    return out

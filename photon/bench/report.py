@@ -1,0 +1,75 @@
+"""The tables `photon bench` prints: stock's absolute figures, then every configuration as
+ratios to stock, each next to (in brackets) its ideal ratio from FLOPs."""
+
+from __future__ import annotations
+
+TIME_COLUMNS = (
+    ("vision", "vision_s"),
+    ("prefill", "prefill_s"),
+    ("decode/tok", "decode_s_per_token"),
+    ("generate", "generate_s"),
+    ("train step", "train_step_s"),
+)
+MEMORY_COLUMNS = (
+    ("gen peak", "generate_peak_memory"),
+    ("gen above base", "generate_memory_above_base"),
+    ("train peak", "train_peak_memory"),
+    ("train above base", "train_memory_above_base"),
+)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
+def render(result: dict) -> str:
+    inp, configs = result["input"], result["configurations"]
+    stock = configs[0]
+    options = result["command_options"]
+    model = options["model"]
+    lines = [
+        f"model: {result['model']['description']}",
+        f"device: {model['device']} {model['dtype']} attn={model['attn']}; batch {inp['batch']}, "
+        f"{inp['visual_tokens_per_sample'][0]} visual tokens/sample (grid t,h,w {inp['video_grid_thw'][0]}), "
+        f"prompt {inp['prompt_tokens']} tokens, {inp['new_tokens']} new tokens; times: {options['statistic']} of "
+        f"{options['repeats']} interleaved repeats after {options['warmup']} warm-up",
+    ]
+    t, f = {k: v[options["statistic"]] for k, v in stock["times"].items()}, stock["flops"]
+    stock_line = (
+        "stock: vision {:.1f} ms, prefill {:.1f} ms, decode {:.2f} ms/token, generate {:.1f} ms, train step {:.1f} ms; "
+        "GFLOPs: vision {:.2f}, prefill {:.2f}, decode {:.4f}/token, train step {:.2f}"
+    ).format(
+        1e3 * t["vision_s"], 1e3 * t["prefill_s"], 1e3 * t["decode_s_per_token"], 1e3 * t["generate_s"], 1e3 * t["train_step_s"],
+        f["vision"] / 1e9, f["prefill"] / 1e9, f["decode"] / 1e9, f["train"] / 1e9,
+    )
+    lines.append(stock_line)
+    if "memory" in stock:
+        m = stock["memory"]
+        lines.append(
+            f"stock memory ({m['method']}): generate peak {_mib(m['generate']['peak'])} (base {_mib(m['generate']['base'])}), "
+            f"train peak {_mib(m['train']['peak'])} (base {_mib(m['train']['base'])})"
+        )
+    lines += ["", "ratio to stock, measured (ideal from FLOPs):"]
+    header = ["config", "layer", "kept"] + [name for name, _ in TIME_COLUMNS]
+    rows = []
+    for c in configs[1:]:
+        r, i = c["ratios"], c["ideal_ratios"]
+        row = [c["label"], str(c["layer"]), f"{_num(r['kept_tokens'], 3)} ({_num(i['kept_tokens'])})"]
+        row += [f"{_num(r[key])} ({_num(i[key])})" for _, key in TIME_COLUMNS]
+        rows.append(row)
+    lines += _grid(header, rows)
+    if "memory" in stock:
+        lines += ["", "peak memory, ratio to stock (above base: minus weights, inputs and runtime before the phase):"]
+        mem_rows = [[c["label"]] + [_num(c["ratios"].get(key)) for _, key in MEMORY_COLUMNS] for c in configs[1:]]
+        lines += _grid(["config"] + [name for name, _ in MEMORY_COLUMNS], mem_rows)
+    return "\n".join(lines)

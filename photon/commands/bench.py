@@ -1,0 +1,117 @@
+"""`photon bench`: time, memory and FLOPs of the stock model, Photon and the baselines, side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from photon.cli import Command
+from photon.core.errors import PhotonError
+from photon.core.hookspecs import hookimpl
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise PhotonError(f"cannot read {text!r} as a comma-separated list: {exc}") from exc
+
+    return parse
+
+
+def configure(parser):
+    from photon.bench.harness import BenchOptions
+    from photon.bench.models import SIZES
+
+    defaults = BenchOptions()
+    parser.add_argument("--size", choices=list(SIZES), default=None, help="random-weight model of this size (default: tiny)")
+    parser.add_argument("--backbone", help="a registered backbone name or a local folder (real weights) instead of --size")
+    parser.add_argument("--pruners", default=",".join(defaults.pruners), help="comma-separated pruner names")
+    parser.add_argument("--keep", default=",".join(f"{r:g}" for r in defaults.keep), help="comma-separated keep ratios, each run for every pruner")
+    parser.add_argument("--visual-tokens", type=int, default=defaults.visual_tokens, help="about this many visual tokens per sample reach the LLM")
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="prompts per batch (same shape, different pixels)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.new_tokens, help="tokens each generate() produces")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="measured rounds (medians are reported)")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="unmeasured rounds first")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--attn", default=defaults.model.attn, help="attention implementation: sdpa, eager or flash_attention_2")
+    parser.add_argument("--seed", type=int, default=defaults.model.seed)
+    parser.add_argument("--statistic", choices=["min", "median"], default=defaults.statistic,
+                        help="summary of the repeats the ratios use (min: least disturbed by other work on the machine)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--json", metavar="OUT", help="write every measurement to this JSON file")
+
+
+def options_from(args):
+    import torch
+
+    from photon.bench.harness import BenchOptions
+    from photon.bench.models import ModelSpec
+
+    if args.size and args.backbone:
+        raise PhotonError("give --size (random weights) or --backbone (real weights), not both")
+    for name in ("visual_tokens", "batch", "max_new_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            raise PhotonError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise PhotonError(f"--threads must be >= 1, got {args.threads}")
+    if args.warmup < 0:
+        raise PhotonError(f"--warmup must be >= 0, got {args.warmup}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    return BenchOptions(
+        model=ModelSpec(size=None if args.backbone else (args.size or "tiny"), backbone=args.backbone, seed=args.seed,
+                        dtype=dtype, device=device, attn=args.attn),
+        pruners=_csv(str)(args.pruners),
+        keep=_csv(float)(args.keep),
+        visual_tokens=args.visual_tokens,
+        batch=args.batch,
+        new_tokens=args.max_new_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        memory=not args.no_memory,
+        statistic=args.statistic,
+        threads=args.threads,
+    )
+
+
+def write_json(path: str, result: dict) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(handle.name, target)
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from photon.bench.harness import run_bench
+    from photon.bench.report import render
+
+    options = options_from(args)
+    with tqdm(desc="photon bench", file=sys.stderr, unit="step") as bar:
+
+        def progress(message, step, total):
+            bar.total = total
+            bar.n = step
+            bar.set_postfix_str(message, refresh=True)
+
+        result = run_bench(options, progress=progress)
+        bar.n = bar.total
+    print(render(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+@hookimpl
+def register_commands(register):
+    register("bench", Command("Time, memory and FLOPs of the stock model, Photon and baseline pruners, side by side.", configure, run))

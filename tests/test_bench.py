@@ -1,0 +1,126 @@
+"""photon bench: analytic FLOPs against the real modules, and the command end to end."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from photon.bench import flops
+from photon.bench.models import size_config
+from photon.cli import main
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def meta_model(size):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = size_config(size)
+    with torch.device("meta"):
+        return config, Qwen2_5_VLForConditionalGeneration(config)
+
+
+def weights(module):
+    return sum(p.numel() for name, p in module.named_parameters() if name.endswith("weight") and p.ndim == 2)
+
+
+@pytest.mark.parametrize("size", ["tiny", "3b", "7b"])
+def test_linear_flops_are_twice_the_weights_a_token_meets(size):
+    # GQA shows here: k_proj and v_proj of the real layers are Hkv/Hq the size of q_proj.
+    config, model = meta_model(size)
+    dims = flops.dims_of(config)
+    layer = model.model.language_model.layers[0]
+    assert flops.layer_linear(dims.text, 1) == 2 * weights(layer)
+    visual = model.model.visual
+    per_patch = visual.patch_embed.proj.weight.numel() + dims.vision.depth * weights(visual.blocks[0])
+    assert flops.vision_linear(dims.vision, 8) == 2 * 8 * per_patch + 2 * 2 * weights(visual.merger)
+
+
+def test_prefill_flops_by_hand():
+    # hidden 4, 2 query heads and 1 key/value head of size 2, MLP 8, vocab 10, 2 layers.
+    # Layer 0 (<= selection layer) on 4 tokens: linear 2*4*(16+8+8+96)... per token 2*(4*4 + 4*2*2 + 4*4 + 3*4*8) = 288,
+    # so 1152; causal pairs 10 -> attention 4*10*2*2 = 160. Layer 1 on 2 kept tokens: 576 + 4*3*4 = 48.
+    # LM head on one position: 2*4*10 = 80. Total 2016.
+    t = flops.TextDims(hidden=4, layers=2, heads=2, kv_heads=1, head_dim=2, intermediate=8, vocab=10)
+    dims = flops.ModelDims(text=t, vision=None)
+    assert flops.prefill(dims, tokens=4, kept_tokens=2, layer=0, logits=1) == 2016
+    # A decode step with caches of 2 (layer 0) and 2 (layer 1): per layer 288 + 4*3*4 = 336; + 80.
+    assert flops.decode_step(dims, [2, 2]) == 2 * 336 + 80
+
+
+@pytest.mark.parametrize("h, w", [(16, 16), (12, 20), (6, 6)])
+def test_window_sizes_match_qwens_window_partition(h, w):
+    from transformers.vision_utils import get_vision_window_index
+
+    config, _ = meta_model("tiny")
+    dims = flops.dims_of(config)
+    _, cu = get_vision_window_index(torch.tensor([[1, h, w]]), spatial_merge_size=2, window_size=112, patch_size=14)
+    lengths = [int(b - a) for a, b in zip(cu[:-1], cu[1:]) if b > a]
+    assert sorted(flops.window_sizes(dims.vision, h, w)) == sorted(lengths)
+
+
+def _documented_fields():
+    return set(re.findall(r"`([a-z_0-9]+)`", DOCS.read_text()))
+
+
+def test_bench_command_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--visual-tokens", "16", "--batch", "2", "--pruners", "photon", "--keep", "0.5",
+            "--repeats", "1", "--warmup", "0", "--max-new-tokens", "2", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    labels = [c["label"] for c in result["configurations"]]
+    assert labels == ["stock", "photon@0.5"]
+    assert all(label in printed for label in labels[1:])
+
+    documented = _documented_fields()
+
+    def keys(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield k
+                if k not in ("dims", "machine", "command_options"):
+                    yield from keys(v)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                yield from keys(item)
+
+    missing = {k for k in keys(result) if not re.fullmatch(r"[a-z_0-9]+", k) or k not in documented}
+    assert not missing, f"docs/benchmarks.md does not document {sorted(missing)}"
+
+    stock, pruned = result["configurations"][0], result["configurations"][1:]
+    assert all(v == 1 for v in stock["ratios"].values())
+    for c in pruned:
+        assert c["kept_tokens"] == [8, 8]  # half of 16 visual tokens per sample
+        assert c["ratios"]["kept_tokens"] == c["ideal_ratios"]["kept_tokens"] == 0.5
+        assert c["ideal_ratios"]["vision_s"] == 1
+        assert 0 < c["ideal_ratios"]["prefill_s"] < 1 and 0 < c["ideal_ratios"]["train_step_s"] < 1
+        assert c["flops"]["selection"] > 0
+        for name, timing in c["times"].items():
+            assert timing["median"] > 0 and len(timing["samples"]) == 1, name
+        for phase in ("generate", "train"):
+            assert c["memory"][phase]["peak"] >= c["memory"][phase]["base"] > 0
+    assert result["input"]["visual_tokens_per_sample"] == [16, 16]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--keep", "0"], "keep ratios"),
+    (["--pruners", "nope"], "unknown pruner"),
+    (["--size", "tiny", "--backbone", "qwen2.5-vl-tiny"], "not both"),
+    (["--visual-tokens", "0"], "--visual-tokens"),
+])
+def test_bench_rejects_bad_options_clearly(argv, message, capsys):
+    assert main(["bench", "--no-memory", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flops_refuse_a_backbone_they_do_not_model():
+    from transformers import Qwen3VLConfig
+
+    from photon.core.errors import PhotonError
+
+    with pytest.raises(PhotonError, match="qwen3_vl"):
+        flops.dims_of(Qwen3VLConfig())

@@ -1,0 +1,259 @@
+"""Baseline pruners: each rule on a small hand-checkable case, then all of them in the runtime
+(tokens physically removed, ragged batch, pre-LLM pruning equal to a stock-only reference)."""
+
+import math
+
+import pytest
+import torch
+
+import photon
+from photon.adapters.qwen2_5_vl import load_tiny, tiny_config
+from photon.adapters.qwen_inputs import model_inputs
+from photon.core.api import runtime_of, spec_for_model
+from photon.core.config import SelectionConfig
+from photon.core.errors import PhotonError
+from photon.core.pruners import SelectionContext
+from photon.pruners.budget import keep_counts
+from photon.pruners.divprune import DivPrunePruner
+from photon.pruners.fastv import FastVPruner
+from photon.pruners.ise_topk import IseTopKPruner
+from photon.pruners.random_keep import RandomPruner
+from photon.pruners.visionzip import VisionZipPruner
+from reference import capture_text_inputs, reference_logits
+
+BASELINES = ["random", "ise-topk", "fastv", "visionzip", "divprune"]
+
+
+def context(vision, *, hidden=None, query=None, key=None, instruction=None, attention_mask=None, extras=None):
+    vision = torch.tensor(vision, dtype=torch.bool)
+    B, L = vision.shape
+    return SelectionContext(
+        hidden=hidden if hidden is not None else torch.zeros(B, L, 4),
+        vision_mask=vision,
+        instruction_mask=torch.tensor(instruction, dtype=torch.bool) if instruction is not None else torch.zeros(B, L, dtype=torch.bool),
+        attention_mask=torch.tensor(attention_mask, dtype=torch.bool) if attention_mask is not None else torch.ones(B, L, dtype=torch.bool),
+        layer=0,
+        num_layers=4,
+        compute_query_key=(lambda: (query, key)) if query is not None else None,
+        extras=extras or {},
+    )
+
+
+def kept(selection, b=0):
+    return selection.keep[b].nonzero().squeeze(1).tolist()
+
+
+# -- the keep budget every pruner shares ----------------------------------------------------
+def test_keep_counts_round_like_photon_and_respect_min_keep():
+    vision = torch.tensor([[True] * 10 + [False] * 2, [True] * 3 + [False] * 9, [False] * 12])
+    assert keep_counts(vision, 0.25, min_keep=1).tolist() == [2, 1, 0]  # 2.5 -> 2 (half to even); 0.75 -> 1
+    assert keep_counts(vision, 0.1, min_keep=2).tolist() == [2, 2, 0]
+
+
+@pytest.mark.parametrize("pruner", [RandomPruner, FastVPruner, VisionZipPruner, DivPrunePruner])
+def test_baselines_need_a_keep_ratio(pruner):
+    with pytest.raises(PhotonError, match="keep_ratio"):
+        pruner(SelectionConfig())
+
+
+# -- each rule ---------------------------------------------------------------------------
+def test_random_keeps_the_budget_among_visual_tokens_reproducibly():
+    vision = [[False] + [True] * 20 + [False] * 3, [False] * 4 + [True] * 10 + [False] * 10]
+    config = SelectionConfig(keep_ratio=0.5)
+    first = RandomPruner(config, seed=3).select(context(vision))
+    assert first.keep.sum(1).tolist() == [10, 5]
+    assert not (first.keep & ~torch.tensor(vision)).any()
+    assert torch.equal(RandomPruner(config, seed=3).select(context(vision)).keep, first.keep)
+    pruner = RandomPruner(config, seed=3)
+    pruner.select(context(vision))
+    assert not torch.equal(pruner.select(context(vision)).keep, first.keep)  # a fresh draw per prompt
+
+
+def test_ise_topk_keeps_the_highest_instruction_saliency():
+    # One head, head size 1, two instruction tokens with q = k = 1: each attends to the other
+    # with score 1, so w = (1/2, 1/2) and u_j = k_j. Keys of the visual tokens 0..3: 0.5, 2, -1, 1.
+    key = torch.tensor([0.5, 2.0, -1.0, 1.0, 1.0, 1.0]).view(1, 1, 6, 1)
+    query = torch.ones(1, 1, 6, 1)
+    ctx = context([[1, 1, 1, 1, 0, 0]], query=query, key=key, instruction=[[0, 0, 0, 0, 1, 1]])
+    selection = IseTopKPruner(SelectionConfig(keep_ratio=0.5), hidden_size=8).select(ctx)
+    assert kept(selection) == [1, 3]
+    assert selection.rule == "ise-topk:0.5"
+    torch.testing.assert_close(selection.u[0, :4], torch.tensor([0.5, 2.0, -1.0, 1.0]))
+
+
+def test_fastv_ranks_by_head_averaged_attention_of_the_last_real_token():
+    # Two query heads share one key head (GQA). Keys 0, 3, 1, 2 on the visual tokens 0..3, 0 on the
+    # text token 4. The last token's head 0 has q = +1 (likes large keys), head 1 q = -1 (likes
+    # small ones). Averaged probabilities: token 0 ~0.21, 1 ~0.32, 2 ~0.11, 3 ~0.14; averaging the
+    # logits instead would tie every token at 0.
+    key = torch.tensor([0.0, 3.0, 1.0, 2.0, 0.0]).view(1, 1, 5, 1)
+    query = torch.zeros(1, 2, 5, 1)
+    query[0, 0, 4], query[0, 1, 4] = 1.0, -1.0
+    ctx = context([[1, 1, 1, 1, 0]], query=query, key=key)
+    assert kept(FastVPruner(SelectionConfig(keep_ratio=0.5)).select(ctx)) == [0, 1]
+
+
+def test_fastv_reads_the_last_real_token_not_the_padding():
+    # Right padding at position 4: its query prefers token 0; the last real token (3) prefers token 1.
+    key = torch.tensor([1.0, -1.0, 0.0, 0.0, 0.0]).view(1, 1, 5, 1)
+    query = torch.zeros(1, 1, 5, 1)
+    query[0, 0, 3], query[0, 0, 4] = -2.0, 2.0
+    ctx = context([[1, 1, 0, 0, 0]], query=query, key=key, attention_mask=[[1, 1, 1, 1, 0]])
+    assert kept(FastVPruner(SelectionConfig(keep_ratio=0.5)).select(ctx)) == [1]
+
+
+def test_fastv_default_is_k_2_that_is_layer_1_and_layer_overrides():
+    assert FastVPruner(SelectionConfig(keep_ratio=0.5)).layer_for(36) == 1
+    assert FastVPruner(SelectionConfig(keep_ratio=0.5, layer=5)).layer_for(36) == 5
+
+
+def _visionzip_case(fraction):
+    # Eight visual tokens with hidden rows j * (1, 1); keys put 3, 4 near 1 and 6, 7 near 5.
+    hidden = torch.arange(8.0).view(1, 8, 1).expand(1, 8, 2).clone()
+    received = torch.tensor([[5.0, 0, 4, 0, 0, 3, 0, 0]])
+    keys = torch.tensor([[[1, 1], [1, 0], [1, 1], [1, 0.1], [0.9, 0], [0, 1], [0.1, 1], [0, 2]]])
+    ctx = context([[1] * 8], hidden=hidden, extras={"vision_attention": lambda: (received, keys)})
+    return VisionZipPruner(SelectionConfig(keep_ratio=0.5), contextual_fraction=fraction).select(ctx)
+
+
+def test_visionzip_keeps_dominant_tokens_and_merges_the_rest_into_one_target():
+    # Budget 4: one contextual token (4 x 1/4), three dominant by received attention: 0, 2, 5.
+    # The rest (1, 3, 4, 6, 7) has one target, its first token 1, which becomes their mean.
+    selection = _visionzip_case(0.25)
+    assert kept(selection) == [0, 1, 2, 5]
+    assert selection.hidden[0, 1].tolist() == pytest.approx([(1 + 3 + 4 + 6 + 7) / 5] * 2)
+    assert selection.hidden[0, 0].tolist() == [0.0, 0.0]  # dominant rows are untouched
+
+
+def test_visionzip_assigns_each_remaining_token_to_its_most_similar_target():
+    # Budget 4, two contextual: dominant 0 and 2. Rest 1, 3, 4, 5, 6, 7 -> targets every third: 1 and 5.
+    # By key direction 3 and 4 join 1, 6 and 7 join 5.
+    selection = _visionzip_case(0.5)
+    assert kept(selection) == [0, 1, 2, 5]
+    assert selection.hidden[0, 1, 0].item() == pytest.approx((1 + 3 + 4) / 3)
+    assert selection.hidden[0, 5, 0].item() == pytest.approx((5 + 6 + 7) / 3)
+
+
+def test_visionzip_default_split_is_the_papers_54_to_10():
+    from photon.pruners.visionzip import CONTEXTUAL_FRACTION, contextual_count
+
+    assert contextual_count(64, CONTEXTUAL_FRACTION) == 10
+    assert contextual_count(1, CONTEXTUAL_FRACTION) == 0
+
+
+def test_divprune_is_greedy_max_min_in_cosine_distance():
+    # Directions at 0, 10, 20, 120 and 240 degrees (lengths vary: cosine ignores them).
+    # Nearest-neighbour distances: 10 deg for the first three, 100 for 120, 120 for 240 -> start at 240.
+    # Farthest from {240}: 20 (140 deg). Then nearest-kept distances are 0:20, 10:10, 120:100 -> 120.
+    angles = [0, 10, 20, 120, 240]
+    lengths = [1.0, 3.0, 0.5, 2.0, 1.5]
+    rows = [[r * math.cos(math.radians(a)), r * math.sin(math.radians(a)), 0.0, 0.0] for a, r in zip(angles, lengths)]
+    hidden = torch.tensor([[[9.0] * 4] + rows])  # position 0 is text
+    ctx = context([[0, 1, 1, 1, 1, 1]], hidden=hidden)
+    assert kept(DivPrunePruner(SelectionConfig(keep_ratio=0.6)).select(ctx)) == [3, 4, 5]
+
+
+# -- in the runtime ------------------------------------------------------------------------
+def tiny_batch(encoder, samples):
+    inputs = model_inputs(encoder.collate([encoder.encode(s, train=False) for s in samples]))
+    inputs.pop("labels")
+    return inputs
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_physically_remove_tokens_in_a_ragged_batch(name, ragged_samples):
+    loaded = load_tiny(initializer_range=0.3)
+    model = loaded.model
+    inputs = tiny_batch(loaded.encoder, ragged_samples)
+    photon.attach(model, pruner=name, keep_ratio=0.5)
+    with torch.no_grad():
+        out = model(**inputs)
+    records = photon.last_selection(model)
+    assert [r["n_kept"] for r in records] == [6, 4, 6]  # half of 12, 8, 12 visual tokens
+    info = runtime_of(model).last
+    assert info.pruned
+    assert out.logits.shape[1] == int(info.keep.sum(1).max()) < inputs["input_ids"].shape[1]
+    assert records[0]["layer"] == runtime_of(model).layer
+    photon.detach(model)
+    assert not model.model.visual._forward_pre_hooks  # visionzip's capture goes with detach
+
+
+def test_pre_llm_pruning_equals_the_stock_reference(ragged_samples):
+    loaded = load_tiny(initializer_range=0.3)
+    model = loaded.model
+    inputs = tiny_batch(loaded.encoder, ragged_samples)
+    text_model = model.model.language_model
+    captured = capture_text_inputs(model, text_model, inputs)
+    photon.attach(model, pruner="divprune", keep_ratio=0.4)
+    with torch.no_grad():
+        out = model(**inputs)
+    info = runtime_of(model).last
+    assert runtime_of(model).layer == -1
+    ref = reference_logits(model, text_model, captured, info.keep, -1, evict_all=True, prompt_len=info.keep.shape[1])
+    for b in range(info.keep.shape[0]):
+        positions = info.keep[b].nonzero().squeeze(1)
+        torch.testing.assert_close(out.logits[b, info.valid[b]], ref[b, positions], rtol=1e-4, atol=1e-4)
+
+
+def test_pre_llm_pruning_decodes_like_the_reference(ragged_samples):
+    loaded = load_tiny(attn_implementation="eager", initializer_range=0.3)
+    model = loaded.model
+    inputs = tiny_batch(loaded.encoder, ragged_samples)
+    prompt_len = inputs["input_ids"].shape[1]
+    photon.attach(model, pruner="divprune", keep_ratio=0.4)
+    with torch.no_grad():
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    keep = runtime_of(model).last.keep
+    photon.detach(model)
+    new = gen.sequences[:, prompt_len:]
+    full = dict(inputs)
+    full["input_ids"] = gen.sequences
+    full["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(new)], 1)
+    full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new, dtype=torch.int)], 1)
+    text_model = model.model.language_model
+    ref = reference_logits(model, text_model, capture_text_inputs(model, text_model, full), keep, -1, evict_all=True, prompt_len=prompt_len)
+    for step, logits in enumerate(gen.logits):
+        torch.testing.assert_close(logits, ref[:, prompt_len - 1 + step], rtol=1e-4, atol=1e-4)
+
+
+def test_vision_attention_capture_matches_a_dense_reference_in_token_order():
+    """With one (full-attention) ViT block, what enters it depends only on each patch, so the
+    capture's window-ordered scores can be checked against a dense computation in token order."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    from transformers.vision_utils import get_vision_position_ids
+
+    from conftest import video_sample
+
+    config = tiny_config()
+    config.vision_config.depth = 1
+    config.vision_config.fullatt_block_indexes = [0]
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    encoder = load_tiny().encoder
+    # 112 x 224 frames: a 4 x 8 token grid spans two 4 x 4 windows, so window order != token order.
+    sample = video_sample(0, 4, 112, 224, "Where is it?")
+    inputs = tiny_batch(encoder, [sample])
+    capture = spec_for_model(model).make_adapter(model).capture_vision_attention(model)
+    with torch.no_grad():
+        model(**inputs)
+        received, keys = capture.read(inputs["input_ids"])
+        visual = model.model.visual
+        block = visual.blocks[0]
+        grid = inputs["video_grid_thw"]
+        x = block.norm1(visual.patch_embed(inputs["pixel_values_videos"]))  # token order
+        cos, sin = visual.rotary_pos_emb(x, get_vision_position_ids(grid, visual.spatial_merge_size))
+        n = x.shape[0]
+        q, k, _ = block.attn.qkv(x).reshape(n, 3, block.attn.num_heads, -1).unbind(1)
+        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        frame = n // int(grid[0, 0])
+        expected = torch.zeros(n)
+        for f in range(int(grid[0, 0])):
+            rows = slice(f * frame, (f + 1) * frame)
+            probs = torch.softmax(torch.einsum("qhd,khd->hqk", q[rows], k[rows]) * block.attn.scaling, -1)
+            expected[rows] = probs.sum(dim=(0, 1)) / block.attn.num_heads
+    capture.remove()
+    video = inputs["input_ids"][0] == model.config.video_token_id
+    torch.testing.assert_close(received[0, video], expected.view(-1, 4).sum(1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(keys[0, video], k.mean(1).view(-1, 4, k.shape[-1]).mean(1), rtol=1e-4, atol=1e-5)
+    assert received[0, ~video].abs().sum() == 0
