@@ -1,7 +1,8 @@
 """Answering with a wrapped model: one question about one input (ask), or a records file (infer).
 
 Decoding is greedy. Timings split generate() at the end of its first forward pass: prefill
-(vision encoder, the pruned prefill) and decode (every later token). In a batch each
+(time to the first token: the vision encoder and the pruned prefill) and decode (every later
+token). In a batch each
 prediction carries the batch's times divided by its size, so that their sum is the run's time.
 Prediction lines carry exactly the fields docs/records.md lists, ready for `photon eval`.
 """
@@ -19,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from photon.adapters.base import Loaded
+from photon.bench.clock import synchronize
 from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
 from photon.modalities.base import Media, choose_loader
@@ -97,11 +99,6 @@ def unpruned(model):
         runtime.enabled = enabled
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def stop_ids(loaded: Loaded) -> list[int]:
     encoder = loaded.encoder
     ids = {encoder.im_end_id, encoder.tokenizer.eos_token_id}
@@ -128,17 +125,17 @@ def generate_batch(loaded: Loaded, batch: dict[str, Any], max_new_tokens: int = 
     marks: list[float] = []
 
     def mark(*_):
-        _synchronize(device)
+        synchronize(device)
         marks.append(time.perf_counter())
 
     runtime.records = []  # a batch without visual tokens selects nothing: no stale records
     handle = model.register_forward_hook(mark)
     try:
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
             sequences = model.generate(**inputs, generation_config=config)
-        _synchronize(device)
+        synchronize(device)
         end = time.perf_counter()
     finally:
         handle.remove()

@@ -19,7 +19,8 @@ from photon.core import checkpoint, plugins
 from photon.core.api import backbone_spec, runtime_of, spec_for_model
 from photon.core.config import PhotonConfig
 from photon.core.errors import PhotonError
-from photon.modalities.config import DataConfig, options_for_backbone
+from photon.core.pruners import pruner_rule
+from photon.modalities.config import options_for_backbone
 
 # A still image and a short clip at this side show what the token count of non-volume input is.
 EXAMPLE_SIDE = 448
@@ -124,21 +125,25 @@ def spec_of(loaded: Loaded):
     return registered.obj if registered is not None else spec_for_model(loaded.model)
 
 
-def media_options(loaded: Loaded, data: DataConfig | None = None) -> dict[str, dict[str, Any]]:
-    """Loader options that fit this model's visual geometry (see options_for_backbone)."""
-    return options_for_backbone(spec_of(loaded), data)
+def media_options(loaded: Loaded, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Loader options per modality that fit this model's visual geometry (options_for_backbone),
+    with `overrides` ({modality: {option: value}}) winning: a volume size given explicitly, say."""
+    options = options_for_backbone(spec_of(loaded))
+    for name, given in (overrides or {}).items():
+        options[name] = {**options.get(name, {}), **dict(given)}
+    return options
 
 
-def is_random(loaded: Loaded) -> bool:
-    """True for the offline test backbones, whose weights are seeded noise."""
+def random_weights_note(loaded: Loaded) -> str | None:
+    """What to tell users of the offline test backbones, whose weights are seeded noise."""
     registered = plugins.backbones().get(loaded.backbone)
-    return registered is not None and registered.obj.source is None
+    if registered is None or registered.obj.source is not None:
+        return None
+    return f"note: {loaded.backbone} has random seeded weights (an offline test backbone): its answers are meaningless"
 
 
 def rule_of(model) -> str:
-    runtime = runtime_of(model)
-    pruner = runtime.pruner
-    return pruner.rule() if hasattr(pruner, "rule") else getattr(pruner, "name", type(pruner).__name__)
+    return pruner_rule(runtime_of(model).pruner)
 
 
 def explain_rule(rule: str) -> str:
@@ -155,14 +160,13 @@ def _parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def summarize(loaded: Loaded, data: DataConfig | None = None) -> dict[str, Any]:
+def summarize(loaded: Loaded, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """What the wrapping is: adapter, selection layer, mode, rule, Photon's added modules and
-    the visual tokens of the default inputs."""
+    the visual tokens of the default inputs (options: the loader options, as media_options gives)."""
     model = loaded.model
     runtime = runtime_of(model)
-    spec = spec_of(loaded)
     vision = model.config.vision_config
-    patch, merge, temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+    geometry = (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size)
     rule = rule_of(model)
     added = {}
     pruner = getattr(model, "photon_pruner", None)
@@ -170,14 +174,14 @@ def summarize(loaded: Loaded, data: DataConfig | None = None) -> dict[str, Any]:
         added["threshold predictor"] = _parameters(pruner)
     if vision.in_channels == 1:
         added["3D patch embedding"] = _parameters(runtime.adapter.patch_embedding(model))
-    depth, height, width = options_for_backbone(spec, data)["ct"]["size"]
-    tokens = {
-        f"CT volume {depth}x{height}x{width}": visual_token_count(depth, height, width, patch, merge, temporal),
-        f"image {EXAMPLE_SIDE}x{EXAMPLE_SIDE}": visual_token_count(1, EXAMPLE_SIDE, EXAMPLE_SIDE, patch, merge, temporal),
-        f"video {EXAMPLE_FRAMES} frames {EXAMPLE_SIDE}x{EXAMPLE_SIDE}": visual_token_count(
-            EXAMPLE_FRAMES, EXAMPLE_SIDE, EXAMPLE_SIDE, patch, merge, temporal
-        ),
-    }
+    tokens = {}
+    ct_size = (options or media_options(loaded))["ct"].get("size")
+    if ct_size is not None:
+        depth, height, width = ct_size
+        tokens[f"CT volume {depth}x{height}x{width}"] = visual_token_count(depth, height, width, *geometry)
+    side, frames = EXAMPLE_SIDE, EXAMPLE_FRAMES
+    tokens[f"image {side}x{side}"] = visual_token_count(1, side, side, *geometry)
+    tokens[f"video {frames} frames {side}x{side}"] = visual_token_count(frames, side, side, *geometry)
     return {
         "backbone": loaded.backbone,
         "adapter": runtime.adapter.family,

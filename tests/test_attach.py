@@ -15,7 +15,6 @@ from make_media import AFFINE_DIRECTIONS, phantom
 from photon.adapters.qwen2_5_vl import load_tiny
 from photon.cli import main
 from photon.inference import ask
-from photon.modalities.config import CTConfig, DataConfig
 from photon.visualize import HEADER_HEIGHT, LABEL_HEIGHT, load_selection, save_selection
 from photon.wrapping import media_options
 
@@ -23,7 +22,7 @@ QUESTION = "Is there a bright sphere in the upper left?"
 FAST = ["--media", "ct.preprocess=false", "--max-new-tokens", "4"]  # the phantom needs no 1 mm resampling
 # qwen2.5-vl-tiny takes volumes as 28 x 112 x 112 frames: 14 temporal x 4 x 4 tokens.
 TOKEN_ROWS, TOKENS = 14, 224
-RAW_CT = DataConfig(ct=CTConfig(preprocess=False))
+RAW_CT = {"ct": {"preprocess": False}}
 
 
 def cli(capsys, *argv):

@@ -77,9 +77,7 @@ def loaded():
 
 
 def options(loaded):
-    options = media_options(loaded)
-    options["ct"].update(preprocess=False, size=[28, 56, 56])
-    return options
+    return media_options(loaded, {"ct": {"preprocess": False, "size": [28, 56, 56]}})
 
 
 def test_a_ragged_batch_answers_as_one_record_at_a_time(records, loaded, tmp_path):

@@ -12,7 +12,7 @@ from photon.commands.model_options import add_model_arguments, check_model_argum
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
 from photon.inference import Asked, ask, check_question
-from photon.wrapping import explain_rule, is_random, save_wrapped, summarize
+from photon.wrapping import explain_rule, random_weights_note, save_wrapped, summarize
 
 
 def configure(parser):
@@ -55,7 +55,7 @@ def run(args):
         print(f"photon attach: wrote {folder}" + (" (weights linked)" if args.link else ""), file=sys.stderr)
     if not args.input:
         if not args.save:
-            _print_summary(summarize(loaded), args.json)
+            _print_summary(summarize(loaded, options), args.json)
         elif args.json:
             print(json.dumps(report))
         return 0
@@ -74,9 +74,9 @@ def run(args):
         print(json.dumps(report))
     else:
         _print_answer(asked, report)
-    if is_random(loaded):
-        print(f"note: {loaded.backbone} has random seeded weights (an offline test backbone): its answers are meaningless",
-              file=sys.stderr)
+    note = random_weights_note(loaded)
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,7 @@ from photon.commands.model_options import add_model_arguments, check_model_argum
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
 from photon.inference import infer
-from photon.wrapping import is_random
+from photon.wrapping import random_weights_note
 
 
 def configure(parser):
@@ -37,9 +37,9 @@ def run(args):
         progress=not args.no_progress,
     )
     print(f"photon infer: {outcome}", file=sys.stderr)
-    if is_random(opened.loaded):
-        print(f"note: {opened.loaded.backbone} has random seeded weights (an offline test backbone): its answers are meaningless",
-              file=sys.stderr)
+    note = random_weights_note(opened.loaded)
+    if note:
+        print(note, file=sys.stderr)
     return 1 if outcome.skipped else 0
 
 

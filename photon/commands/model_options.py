@@ -40,7 +40,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def selection_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The dotlist and the shortcut flags as SelectionConfig fields (photon.attach checks the names)."""
+    """The dotlist and the shortcut flags as SelectionConfig fields."""
     try:
         overrides = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.overrides)))
     except Exception as exc:
@@ -86,8 +86,4 @@ def open_from(args: argparse.Namespace) -> tuple[Opened, dict[str, dict[str, Any
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
     )
-    # Explicit options win over the ones that fit the backbone (a volume size, say).
-    options = media_options(opened.loaded)
-    for name, given in loader_overrides(args).items():
-        options[name] = {**options.get(name, {}), **given}
-    return opened, options
+    return opened, media_options(opened.loaded, loader_overrides(args))

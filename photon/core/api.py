@@ -136,10 +136,11 @@ def load(
     at the checkpoint's layer; anything else attaches in zero-shot mode unless `mode` says so.
     overrides are SelectionConfig fields applied over what the source says (as in attach).
     """
-    overrides = dict(overrides or {})
     from pathlib import Path
 
     from photon.core import checkpoint
+
+    overrides = dict(overrides or {})
 
     if checkpoint.is_photon_folder(source):
         meta = checkpoint.read_meta(source)

@@ -2,7 +2,7 @@
 
     DIR/config.json, model*.safetensors   the backbone (stock key names), save_pretrained; the 3D
                                            patch embedding, when installed, is part of it. With
-                                           link_from, the shards are symlinks to the source folder's
+                                           link=True, the shards are symlinks to the source folder's
     DIR/tokenizer files                    the tokenizer (and the source folder's processor files)
     DIR/photon.yaml                        backbone, adapter, layer, mode, rule, every constant,
                                            the versions that wrote it
@@ -24,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from photon.core.errors import PhotonError
+from photon.core.pruners import pruner_rule
 
 FORMAT = 1
 META_FILE = "photon.yaml"
@@ -72,7 +73,7 @@ def describe(model, backbone: str, extra: dict[str, Any] | None = None, config=N
         meta["pruner"] = getattr(runtime.pruner, "name", type(runtime.pruner).__name__)
         meta["layer"] = runtime.layer
         meta["mode"] = runtime.config.mode
-        meta["rule"] = runtime.pruner.rule() if hasattr(runtime.pruner, "rule") else meta["pruner"]
+        meta["rule"] = pruner_rule(runtime.pruner)
         meta["photon"] = {"selection": asdict(runtime.config), "sgp": asdict(runtime.sgp)}
         if config is not None:
             meta["photon"].update(schedule=asdict(config.schedule), loss=asdict(config.loss))

@@ -65,6 +65,11 @@ class Pruner(Protocol):
     def select(self, ctx: SelectionContext) -> Selection: ...
 
 
+def pruner_rule(pruner) -> str:
+    """How a pruner chooses, for records and messages: its rule() when it has one, else its name."""
+    return pruner.rule() if hasattr(pruner, "rule") else getattr(pruner, "name", type(pruner).__name__)
+
+
 def default_layer(num_layers: int) -> int:
     """The release's l = floor(L / 4) - 1 (8 for 36 layers), at least 0."""
     return max(0, num_layers // 4 - 1)

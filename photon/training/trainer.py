@@ -366,8 +366,7 @@ def _media_options(cfg: TrainConfig, loaded) -> dict[str, dict]:
     not model.backbone), under the config's own."""
     from photon.wrapping import media_options
 
-    options = media_options(loaded)
-    return {name: {**options.get(name, {}), **dict(cfg.data.media.get(name, {}))} for name in {*options, *cfg.data.media}}
+    return media_options(loaded, cfg.data.media)
 
 
 def build_run(cfg: TrainConfig) -> Run:
