@@ -33,6 +33,12 @@ PREDICTION_FIELDS = (
     "n_visual", "n_kept", "keep_ratio", "theta", "prefill_s", "decode_s", "total_s",
 )
 DEFAULT_MAX_NEW_TOKENS = 128
+# generate() fills unset values from the model's generation_config (Qwen's sets sampling and a
+# repetition penalty): spelling out the neutral values keeps decoding a plain argmax.
+PLAIN_GREEDY = dict(
+    do_sample=False, num_beams=1, temperature=1.0, top_k=50, top_p=1.0, typical_p=1.0,
+    repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
+)
 
 
 @dataclass
@@ -120,7 +126,7 @@ def generate_batch(loaded: Loaded, batch: dict[str, Any], max_new_tokens: int = 
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items() if k != "labels"}
     config = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=stop_ids(loaded), pad_token_id=loaded.encoder.pad_id
+        max_new_tokens=max_new_tokens, eos_token_id=stop_ids(loaded), pad_token_id=loaded.encoder.pad_id, **PLAIN_GREEDY
     )
     marks: list[float] = []
 

@@ -1,5 +1,6 @@
 """`photon infer`: prediction lines `photon eval` scores, ragged batches, resume by id, bad records."""
 
+import copy
 import json
 
 import nibabel as nib
@@ -10,8 +11,10 @@ import pytest
 from photon.adapters.qwen2_5_vl import load_tiny
 from photon.cli import main
 from photon.core.errors import PhotonError
-from photon.inference import PREDICTION_FIELDS, infer
+from photon.inference import PREDICTION_FIELDS, generate_batch, infer
 from photon.wrapping import media_options
+
+from conftest import video_sample
 
 SMALL_CT = ["--media", "ct.preprocess=false", "--media", "ct.size=[28,56,56]", "--max-new-tokens", "3"]
 
@@ -126,3 +129,15 @@ def test_infer_errors_exit_2(records, tmp_path, capsys):
     assert "no such records file" in capsys.readouterr().err
     assert main(["infer", "--backbone", "nope", "--data", str(records), "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "unknown backbone 'nope'; known:" in capsys.readouterr().err
+
+
+def test_decoding_is_plain_greedy_whatever_the_models_generation_defaults(loaded):
+    batch = loaded.encoder.collate([loaded.encoder.encode(video_sample(0, 4, 56, 84, "Is there a lesion?"), train=False)])
+    plain = generate_batch(loaded, batch, 6)[0].answer
+    saved = copy.deepcopy(loaded.model.generation_config)
+    try:  # what Qwen's released generation_config.json sets, exaggerated so it would show
+        config = loaded.model.generation_config
+        config.do_sample, config.temperature, config.top_k, config.repetition_penalty = True, 0.1, 1, 5.0
+        assert {generate_batch(loaded, batch, 6)[0].answer for _ in range(2)} == {plain}
+    finally:
+        loaded.model.generation_config = saved
