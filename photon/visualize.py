@@ -110,9 +110,10 @@ def draw_medium(
     pw, ph = panel_size(frames.shape[2], frames.shape[3], panel)
     cols = min(columns, len(rows))
     grid_rows = math.ceil(len(rows) / cols)
-    canvas = Image.new("RGB", (cols * pw, HEADER_HEIGHT + grid_rows * (ph + LABEL_HEIGHT)), "white")
-    draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
+    title_width = math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8
+    canvas = Image.new("RGB", (max(cols * pw, title_width), HEADER_HEIGHT + grid_rows * (ph + LABEL_HEIGHT)), "white")
+    draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill=(0, 0, 0), font=font)
     unit = {"volume": "slices", "video": "frames"}.get(kind, "frame")
     for n, r in enumerate(rows):

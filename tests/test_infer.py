@@ -141,3 +141,15 @@ def test_decoding_is_plain_greedy_whatever_the_models_generation_defaults(loaded
         assert {generate_batch(loaded, batch, 6)[0].answer for _ in range(2)} == {plain}
     finally:
         loaded.model.generation_config = saved
+
+
+def test_infer_from_a_checkpoint_folder_predicts_like_the_model_it_wraps(records, loaded, tmp_path, capsys):
+    from photon.core import checkpoint
+
+    folder = checkpoint.save_folder(loaded.model, loaded.encoder.tokenizer, tmp_path / "wrapped", backbone=loaded.backbone)
+    from_folder, direct = tmp_path / "folder.jsonl", tmp_path / "direct.jsonl"
+    assert main(["infer", "--checkpoint", str(folder), "--data", str(records), "--out", str(from_folder), "--no-progress",
+                 *SMALL_CT]) == 1
+    infer(loaded, records, direct, max_new_tokens=3, media_options=options(loaded), progress=False, report=lambda _: None)
+    for x, y in zip(read_lines(from_folder), read_lines(direct), strict=True):
+        assert (x["id"], x["answer"], x["n_kept"], x["backbone"], x["rule"]) == (y["id"], y["answer"], y["n_kept"], y["backbone"], y["rule"])
