@@ -135,3 +135,18 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_checkpoint(tmp_path, cap
     assert main(["attach", "--backbone", "qwen2.5-vl-tiny", "--save", str(tmp_path / "data")]) == 2
     assert "is not a Photon checkpoint folder" in capsys.readouterr().err
     assert (tmp_path / "data" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_folder_from_another_transformers_release_is_named_before_loading(tmp_path):
+    loaded = load_tiny()
+    photon.attach(loaded.model, mode="zero_shot")
+    folder = checkpoint.save_folder(loaded.model, loaded.encoder.tokenizer, tmp_path / "w", backbone="qwen2.5-vl-tiny")
+    meta = yaml.safe_load((folder / "photon.yaml").read_text())
+    meta["versions"]["transformers"] = "4.51.3"
+    (folder / "photon.yaml").write_text(yaml.safe_dump(meta))
+    import re
+
+    import transformers
+
+    with pytest.warns(UserWarning, match=f"written with transformers 4.51.3, this is {re.escape(transformers.__version__)}"):
+        checkpoint.read_meta(folder)

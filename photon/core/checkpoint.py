@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,15 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise PhotonError(
             f"{folder} was written by Photon {written} in checkpoint format {meta.get('format')}; this Photon reads "
             f"format {FORMAT}. Re-save it with a matching Photon, or install that version to load it."
+        )
+    written = (meta.get("versions") or {}).get("transformers")
+    running = versions()["transformers"]
+    if written and str(written).split(".")[:2] != running.split(".")[:2]:
+        # Said before loading: a model class that changed between versions fails with shape or key errors.
+        warnings.warn(
+            f"{folder} was written with transformers {written}, this is {running}; Photon supports the range pinned "
+            f"in its pyproject.toml. If loading fails, load it where transformers {written} is installed and re-save.",
+            stacklevel=2,
         )
     return meta
 
