@@ -2,8 +2,8 @@
 
 Decoding is greedy. Timings split generate() at the end of its first forward pass: prefill
 (time to the first token: the vision encoder and the pruned prefill) and decode (every later
-token). In a batch each
-prediction carries the batch's times divided by its size, so that their sum is the run's time.
+token). In a batch each prediction carries the batch's times divided by its size, so that
+their sum is the run's time.
 Prediction lines carry exactly the fields docs/records.md lists, ready for `photon eval`.
 """
 
@@ -224,9 +224,7 @@ def prediction_line(entry, result: Generated, run: dict[str, str]) -> dict[str, 
     """One line of a predictions file (docs/records.md), fields in its order."""
     line = {
         "id": entry.id, "benchmark": entry.benchmark, "meta": entry.meta, "reference": reference_of(entry.messages),
-        "answer": result.answer, **run, "n_visual": result.n_visual, "n_kept": result.n_kept,
-        "keep_ratio": result.keep_ratio, "theta": result.theta, "prefill_s": round(result.prefill_s, 6),
-        "decode_s": round(result.decode_s, 6), "total_s": round(result.total_s, 6),
+        "answer": result.answer, **run, **_counts_and_times(result),
     }
     return {key: line[key] for key in PREDICTION_FIELDS}
 
@@ -236,8 +234,9 @@ def read_done(out: Path, report: Callable[[str], None]) -> tuple[set[str], dict[
     interrupted run is reported and removed (the rest is rewritten atomically)."""
     if not out.is_file():
         return set(), None
+    text = out.read_text(encoding="utf-8")
     good, bad = [], []
-    for n, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -249,6 +248,7 @@ def read_done(out: Path, report: Callable[[str], None]) -> tuple[set[str], dict[
             bad.append(n)
     if bad:
         report(f"{out}: dropping {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:5]))}), likely cut short by an interrupted run")
+    if bad or (text and not text.endswith("\n")):  # appending must start on a fresh line
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text("".join(line + "\n" for line, _ in good), encoding="utf-8")
         os.replace(tmp, out)
