@@ -83,6 +83,7 @@ def open_model(
     device: str | None = None,
     dtype: str | None = None,
     attn_implementation: str | None = None,
+    pruner: str = "photon",
 ) -> Opened:
     """Load and wrap: `checkpoint_dir` (a Photon checkpoint or model folder) or `backbone` (a
     registered name or a model folder). Given both, the checkpoint must wrap that backbone."""
@@ -107,6 +108,8 @@ def open_model(
     started = time.perf_counter()
     loaded = photon.load(source, mode=mode, overrides=overrides, **options)
     model = loaded.model
+    if pruner != "photon":  # a baseline selects instead, in the same runtime
+        photon.attach(model, pruner=pruner, mode=mode or "zero_shot", **(overrides or {}))
     if dtype not in (None, "auto"):
         model.to(getattr(torch, dtype))
     model.to(resolve_device(device))

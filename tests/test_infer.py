@@ -124,6 +124,17 @@ def test_unpruned_predictions_keep_every_visual_token(records, tmp_path, capsys)
         assert line["n_kept"] == line["n_visual"] == 56 and line["theta"] is None
 
 
+def test_a_baseline_pruner_predicts_through_the_same_runtime(records, tmp_path, capsys):
+    preds = tmp_path / "random.jsonl"
+    code = main(["infer", "--backbone", "qwen2.5-vl-tiny", "--data", str(records), "--out", str(preds), "--pruner", "random",
+                 "--keep-ratio", "0.25", "--no-progress", *SMALL_CT])
+    assert code == 1  # the records file has one bad record on purpose
+    for line in read_lines(preds):
+        assert line["n_visual"] == 56 and line["n_kept"] == 14
+    assert main(["infer", "--backbone", "qwen2.5-vl-tiny", "--data", str(records), "--out", str(preds), "--pruner", "nope"]) == 2
+    assert "unknown pruner 'nope'" in capsys.readouterr().err
+
+
 def test_infer_errors_exit_2(records, tmp_path, capsys):
     assert main(["infer", "--backbone", "qwen2.5-vl-tiny", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "no such records file" in capsys.readouterr().err

@@ -24,6 +24,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--mode", choices=("zero_shot", "trained"),
                        help="zero_shot: a training-free rule; trained: the threshold predictor "
                             "(default: trained for checkpoints with a trained predictor, else zero_shot)")
+    model.add_argument("--pruner", default="photon",
+                       help="which registered pruner selects the tokens (`photon plugins`): photon (default), or a "
+                            "baseline such as random, fastv, visionzip, divprune, ise-topk (these need --keep-ratio)")
     model.add_argument("--layer", type=int, help="selection layer (default: floor(layers / 4) - 1, or the checkpoint's)")
     model.add_argument("--keep-ratio", type=float, help="keep this fraction of visual tokens, ranked by saliency")
     model.add_argument("--theta", type=float, help="keep visual tokens whose normalised saliency is above this")
@@ -69,6 +72,11 @@ def loader_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def check_model_arguments(args: argparse.Namespace) -> None:
     """Cheap checks before the (slow) model load."""
+    from photon.core import plugins
+
+    known = plugins.pruners()
+    if args.pruner not in known:
+        raise PhotonError(f"unknown pruner {args.pruner!r}; known: {', '.join(sorted(known))}")
     if args.max_new_tokens < 1:
         raise PhotonError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     loader_overrides(args)
@@ -85,5 +93,6 @@ def open_from(args: argparse.Namespace) -> tuple[Opened, dict[str, dict[str, Any
         device=args.device,
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
+        pruner=args.pruner,
     )
     return opened, media_options(opened.loaded, loader_overrides(args))
