@@ -63,6 +63,23 @@ def _reset_peak() -> int:
     return _status_kib("VmRSS") * 1024
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start a fresh peak: CUDA's max allocated, or this process's peak RSS (where Linux allows)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    elif can_measure_rss():
+        _reset_peak()
+
+
+def peak_bytes(device: torch.device) -> int | None:
+    """The peak since reset_peak: CUDA max allocated, or peak RSS; None where it cannot be read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _status_kib("VmHWM") * 1024 if can_measure_rss() else None
+
+
 def rss_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
     """Peak RSS per phase of this process (call it in a fresh one)."""
     from photon.bench.clock import generate, train_step

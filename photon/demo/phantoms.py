@@ -1,0 +1,224 @@
+"""A seeded synthetic volumetric VQA set whose answers each depend on one known region.
+
+Each case is a chest-like CT phantom in HU: air, an elliptic body (soft tissue), two lung
+fields, and 0-3 spherical lesions of varying size, each in its own quadrant of the axial
+plane. Quadrants are named in patient terms, as in the model-input convention (PHOTON_SPEC
+section 1: H runs anterior -> posterior, W patient-left -> patient-right), so "left anterior"
+is the first half of H and the first half of W on every slice.
+
+Three kinds of question:
+- exists: "Is there a lesion in the left anterior quadrant?" -> yes / no; the relevant
+  region is the asked quadrant.
+- where: "Which quadrant holds the lesion?" (one lesion) -> its quadrant's name; the relevant
+  region is that quadrant.
+- count: "How many lesions are there?" -> 0-3; the relevant region is every lesion.
+
+Volumes are written as NIfTI in L,P,S voxel order with thick axial slices, so they go
+through the same CT loader as a user's files (with `preprocess: false` and the stored
+size) and land in the model input exactly as generated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+QUADRANTS = ("left anterior", "right anterior", "left posterior", "right posterior")
+KINDS = ("exists", "where", "count")
+SPLITS = ("train", "test")
+KIND_PROBS = (0.5, 0.25, 0.25)
+LESION_COUNT_PROBS = (0.1, 0.3, 0.3, 0.3)  # 0, 1, 2, 3 lesions (exists and count questions)
+FOV_MM = 240.0  # in-plane field of view, whatever the pixel count
+SLICE_MM = 8.0  # axial slice thickness
+RADIUS_MM = (9.0, 20.0)
+AIR, TISSUE, LUNG, LESION = -1000.0, 40.0, -850.0, 260.0
+NOISE_HU = 12.0
+
+QUESTIONS = {
+    "exists": "Is there a lesion in the {region} quadrant? Answer yes or no.",
+    "where": "Which quadrant holds the lesion? Answer left anterior, right anterior, left posterior or right posterior.",
+    "count": "How many lesions are there? Answer with a number.",
+}
+
+
+@dataclass(frozen=True)
+class Lesion:
+    quadrant: str
+    center: tuple[float, float, float]  # (d, h, w) in model-input voxels
+    radius_mm: float
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str
+    question: str
+    answer: str
+    region: str | None  # the asked quadrant (exists) or the lesion's (where)
+    lesions: tuple[Lesion, ...]
+    shape: tuple[int, int, int]  # model input (D, H, W)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return spacing_of(self.shape)
+
+    def meta(self) -> dict:
+        return {
+            "kind": self.kind, "region": self.region, "shape": list(self.shape),
+            "lesions": [{"quadrant": l.quadrant, "center": list(l.center), "radius_mm": l.radius_mm} for l in self.lesions],
+        }
+
+
+def spacing_of(shape) -> tuple[float, float, float]:
+    """(d, h, w) voxel size in mm."""
+    _, height, width = shape
+    return SLICE_MM, FOV_MM / height, FOV_MM / width
+
+
+def quadrant_of(h: float, w: float, shape) -> str:
+    _, height, width = shape
+    side = "left" if w < width / 2 else "right"
+    front = "anterior" if h < height / 2 else "posterior"
+    return f"{side} {front}"
+
+
+def _grid_mm(shape):
+    """Voxel-centre coordinates in mm from the volume centre: (z, y, x) with y anterior -> posterior
+    and x patient-left -> patient-right, each shaped to broadcast over (D, H, W)."""
+    spacing = spacing_of(shape)
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
+    return np.meshgrid(*axes, indexing="ij", sparse=True)
+
+
+def body_masks(shape):
+    z, y, x = _grid_mm(shape)
+    body = (x / (0.46 * FOV_MM)) ** 2 + (y / (0.40 * FOV_MM)) ** 2 < 1
+    lungs = ((np.abs(x) - 0.22 * FOV_MM) / (0.17 * FOV_MM)) ** 2 + (y / (0.30 * FOV_MM)) ** 2 < 1
+    ones = np.ones(shape, dtype=bool)
+    return body & ones, lungs & body & ones
+
+
+def lesion_mask(lesion: Lesion, shape) -> np.ndarray:
+    spacing = spacing_of(shape)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    distance = sum(((axis - c) * s) ** 2 for axis, c, s in zip((z, y, x), lesion.center, spacing))
+    return distance < lesion.radius_mm**2
+
+
+def _place(quadrant: str, rng: np.random.Generator, shape) -> Lesion:
+    """A lesion wholly inside `quadrant` and inside the body (rejection sampling)."""
+    depth, height, width = shape
+    sd, sh, sw = spacing_of(shape)
+    side, front = quadrant.split()
+    for _ in range(1000):
+        radius = float(rng.uniform(*RADIUS_MM))
+        # mm offsets from the centre lines, away from both midlines by the radius plus a margin
+        dx = float(rng.uniform(radius + 4, 0.46 * FOV_MM - radius))
+        dy = float(rng.uniform(radius + 4, 0.40 * FOV_MM - radius))
+        if (dx + radius) ** 2 / (0.46 * FOV_MM) ** 2 + (dy + radius) ** 2 / (0.40 * FOV_MM) ** 2 >= 0.95:
+            continue
+        x = -dx if side == "left" else dx
+        y = -dy if front == "anterior" else dy
+        z = float(rng.uniform(-(depth - 1) / 2 * sd * 0.6, (depth - 1) / 2 * sd * 0.6))
+        center = (z / sd + (depth - 1) / 2, y / sh + (height - 1) / 2, x / sw + (width - 1) / 2)
+        return Lesion(quadrant, tuple(round(c, 3) for c in center), round(radius, 3))
+    raise RuntimeError(f"could not place a lesion in {quadrant} of a {shape} volume")
+
+
+def make_case(index: int, split: str, rng: np.random.Generator, shape) -> Case:
+    kind = str(rng.choice(KINDS, p=KIND_PROBS))
+    n = 1 if kind == "where" else int(rng.choice(4, p=LESION_COUNT_PROBS))
+    quadrants = [QUADRANTS[i] for i in rng.permutation(4)[:n]]
+    lesions = tuple(_place(q, rng, shape) for q in quadrants)
+    region = None
+    if kind == "exists":
+        empty = [q for q in QUADRANTS if q not in quadrants]
+        region = quadrants[0] if quadrants and rng.random() < 0.5 else str(rng.choice(empty))
+        answer = "yes" if region in quadrants else "no"
+    elif kind == "where":
+        region = answer = quadrants[0]
+    else:
+        answer = str(n)
+    question = QUESTIONS[kind].format(region=region)
+    return Case(f"demo-{split}-{index:04d}", kind, question, answer, region, lesions, tuple(shape))
+
+
+def render(case: Case, rng: np.random.Generator) -> np.ndarray:
+    """The case's volume in HU, in the model-input convention (D, H, W)."""
+    body, lungs = body_masks(case.shape)
+    volume = np.where(body, TISSUE, AIR).astype(np.float32)
+    volume[lungs] = LUNG
+    volume += rng.normal(0.0, NOISE_HU, case.shape).astype(np.float32) * body
+    for lesion in case.lesions:
+        volume[lesion_mask(lesion, case.shape)] = LESION + rng.normal(0.0, NOISE_HU)
+    return volume
+
+
+def to_nifti(volume: np.ndarray, spacing):
+    """Model-input (D, H, W) HU -> a NIfTI image with L,P,S voxel axes (x to the patient's left,
+    y posterior, z superior) that the CT loader turns back into exactly `volume`."""
+    import nibabel as nib
+
+    lps = np.ascontiguousarray(volume[:, :, ::-1].transpose(2, 1, 0))  # W runs left->right; x runs right->left
+    sd, sh, sw = spacing
+    affine = np.diag([-sw, -sh, sd, 1.0])
+    affine[:3, 3] = -affine[:3, :3] @ ((np.array(lps.shape) - 1) / 2)
+    return nib.Nifti1Image(np.round(lps).astype(np.int16), affine)
+
+
+def write_split(folder: str | Path, split: str, n: int, seed: int, shape) -> Path:
+    """Write n cases (volumes/ and SPLIT.jsonl records) and return the records path.
+    The same (split, n, seed, shape) always writes the same files."""
+    import nibabel as nib
+
+    folder = Path(folder)
+    (folder / "volumes").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, SPLITS.index(split), n])
+    lines = []
+    for i in range(n):
+        case = make_case(i, split, rng, shape)
+        relative = f"volumes/{case.id}.nii.gz"
+        nib.save(to_nifti(render(case, rng), case.spacing), str(folder / relative))
+        record = {
+            "id": case.id,
+            "messages": [{"role": "user", "content": "<video>" + case.question}, {"role": "assistant", "content": case.answer}],
+            "videos": [relative],
+            "meta": case.meta(),
+        }
+        lines.append(json.dumps(record) + "\n")
+    path = folder / f"{split}.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+# -- where the answer lives, on the model's token grid -------------------------------------
+def relevant_voxels(meta: dict) -> np.ndarray:
+    """(D, H, W) bool: the region the record's question depends on."""
+    shape = tuple(meta["shape"])
+    lesions = [Lesion(l["quadrant"], tuple(l["center"]), l["radius_mm"]) for l in meta["lesions"]]
+    if meta["kind"] == "count":
+        mask = np.zeros(shape, dtype=bool)
+        for lesion in lesions:
+            mask |= lesion_mask(lesion, shape)
+        return mask
+    _, height, width = shape
+    side, front = meta["region"].split()
+    mask = np.zeros(shape, dtype=bool)
+    rows = slice(0, height // 2) if front == "anterior" else slice(height // 2, height)
+    cols = slice(0, width // 2) if side == "left" else slice(width // 2, width)
+    mask[:, rows, cols] = True
+    return mask
+
+
+def to_token_grid(voxels: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """(t, h, w) bool: tokens whose block of voxels touches the mask (Qwen's t-major, row, column
+    order, each token covering D/t slices and an (H/h) x (W/w) square)."""
+    t, h, w = grid
+    depth, height, width = voxels.shape
+    if depth % t or height % h or width % w:
+        raise ValueError(f"a {voxels.shape} input does not split into a {grid} token grid")
+    blocks = voxels.reshape(t, depth // t, h, height // h, w, width // w)
+    return blocks.any(axis=(1, 3, 5))
