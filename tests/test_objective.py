@@ -101,3 +101,36 @@ def test_robust_augmentations():
     assert noise.min() >= x.min() and noise.max() <= x.max() and not torch.equal(noise, x)
     assert (robust_augment(x, "zeros", gen()) == 0).all()
     assert torch.equal(robust_augment(x, "noise", gen()), robust_augment(x, "noise", gen()))
+
+
+def test_answer_window_spans_the_logits_a_causal_loss_reads():
+    ignore = losses.IGNORE_INDEX
+    labels = torch.tensor([[ignore, ignore, ignore, 5, 6, ignore], [ignore, ignore, ignore, ignore, 7, ignore]])
+    # the earliest label is at 3: its logit is at 2, so the last 4 positions
+    assert losses.answer_window(labels) == 4
+    assert losses.answer_window(torch.full((2, 5), ignore)) == 1
+    assert losses.answer_window(torch.tensor([[1, 2, 3]])) == 3  # never more than the length
+    logits = torch.randn(2, 6, 11)
+    window = losses.answer_window(labels)
+    for fn in (losses.causal_lm_loss, losses.robust_entropy_loss, losses.flip_loss):
+        torch.testing.assert_close(fn(logits[:, -window:], labels[:, -window:]), fn(logits, labels))
+
+
+def test_a_training_forward_computes_logits_for_the_answer_window_only():
+    """With labels, the wrapped model's loss equals stock's, from logits over the answer window."""
+    import photon
+    from photon.adapters.qwen2_5_vl import load_tiny
+    from photon.adapters.qwen_inputs import model_inputs
+    from conftest import video_sample
+
+    loaded = load_tiny()
+    model = loaded.model.train()
+    samples = [video_sample(0, 2, 56, 56, "Is there a lesion?", "Yes, on the left."), video_sample(1, 4, 56, 84, "Count them.", "Two.")]
+    inputs = model_inputs(loaded.encoder.collate([loaded.encoder.encode(s, train=True) for s in samples]))
+    stock = model(**inputs)
+    photon.attach(model, mode="zero_shot", keep="all")
+    wrapped = model(**inputs)
+    window = losses.answer_window(inputs["labels"])
+    assert wrapped.logits.shape[1] == window < inputs["input_ids"].shape[1]
+    torch.testing.assert_close(wrapped.loss, stock.loss)
+    torch.testing.assert_close(wrapped.logits, stock.logits[:, -window:])

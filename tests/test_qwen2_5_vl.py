@@ -10,6 +10,7 @@ from photon.adapters.qwen_inputs import model_inputs
 from photon.core import sgp as sgp_module
 from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
+from photon.core.losses import answer_window
 from photon.core.schedule import BatchPlan, Stage
 from reference import capture_text_inputs, reference_logits
 
@@ -212,7 +213,9 @@ def test_soft_stage_scales_visual_rows_and_trains_the_predictor(ragged_samples):
     photon.attach(model, mode="trained")
     inputs = batch_for(loaded, ragged_samples, train=True)
     out, info = _train_step(model, inputs, BatchPlan(step=5000, stage=Stage.SOFT))
-    assert not info.pruned and out.logits.shape[1] == inputs["input_ids"].shape[1]
+    assert not info.pruned and info.q.shape[1] == inputs["input_ids"].shape[1]
+    # logits only for the answer window: from the position before the earliest label to the end
+    assert out.logits.shape[1] == answer_window(inputs["labels"]) < inputs["input_ids"].shape[1]
     assert info.q.requires_grad
     out.loss.backward()
     assert model.photon_pruner.predictor.mlp[2].bias.grad.abs().item() > 0

@@ -23,6 +23,7 @@ from photon.core import plugins
 from photon.core import sgp as sgp_module
 from photon.core.api import backbone_spec, runtime_of
 from photon.core.errors import PhotonError
+from photon.core.losses import answer_window
 from photon.core.schedule import BatchPlan, Stage
 from photon.modalities.base import Media
 from reference import capture_text_inputs, reference_logits
@@ -335,7 +336,8 @@ def test_soft_stage_scales_visual_rows_and_trains_the_predictor(samples):
     photon.attach(model, mode="trained")
     inputs = batch_for(loaded, samples, train=True)
     out, info = _train_step(model, inputs, BatchPlan(step=5000, stage=Stage.SOFT))
-    assert not info.pruned and out.logits.shape[1] == inputs["input_ids"].shape[1]
+    assert not info.pruned and info.q.shape[1] == inputs["input_ids"].shape[1]
+    assert out.logits.shape[1] == answer_window(inputs["labels"]) < inputs["input_ids"].shape[1]
     assert torch.isfinite(out.loss) and info.q.requires_grad
     out.loss.backward()
     assert model.photon_pruner.predictor.mlp[2].bias.grad.abs().item() > 0

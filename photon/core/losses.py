@@ -21,6 +21,19 @@ def answer_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return shifted_logits[valid].float(), targets[valid]
 
 
+def answer_window(labels: torch.Tensor) -> int:
+    """How many trailing positions hold every logit a causal loss on `labels` reads: from the
+    position before the earliest label to the end (at least 1, at most the length).
+
+    Removing tokens (pruning drops visual tokens, which come before the answers they serve)
+    never moves a label further from the end, so the window stays sufficient after pruning.
+    """
+    valid = (labels != IGNORE_INDEX).any(0).nonzero()
+    if valid.numel() == 0:
+        return 1
+    return min(labels.shape[1], labels.shape[1] - int(valid[0]) + 1)
+
+
 def _zero(logits: torch.Tensor) -> torch.Tensor:
     # A zero that stays in the graph, so every rank runs the same backward.
     return logits.sum() * 0.0

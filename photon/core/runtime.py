@@ -29,7 +29,7 @@ from photon.core import plugins
 from photon.core.config import SelectionConfig, SGPConfig
 from photon.core.errors import PhotonError
 from photon.core.its import enforce_min_keep
-from photon.core.losses import IGNORE_INDEX, causal_lm_loss
+from photon.core.losses import IGNORE_INDEX, answer_window, causal_lm_loss
 from photon.core.pruners import Selection, SelectionContext
 from photon.core.schedule import BatchPlan, Stage
 from photon.core.sgp import gather_tokens, keep_index, sgp_gather, soft_scale
@@ -390,6 +390,14 @@ def _bind_outer_forward(rt: PhotonRuntime, stock_forward):
     @functools.wraps(stock_forward)
     def forward(model, *args, labels=None, **kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        window = None
+        if labels is not None:
+            # A loss reads logits only where they predict a label: the answer window at the end of
+            # the rows. Computing the (L x vocabulary) logits of a long visual prefix is waste.
+            window = kwargs.get("logits_to_keep") or answer_window(labels)
+            if not isinstance(window, int):
+                raise PhotonError("with labels, logits_to_keep must be an int (a trailing window), not index tensors")
+            kwargs["logits_to_keep"] = window
         rt._inputs = {"input_ids": input_ids, "grids": _grids(rt, {**rt._generate_grids, **kwargs})}
         if getattr(kwargs.get("past_key_values"), "_photon", None) is None:
             rt.last = None  # a new prompt: the previous prefill's tensors no longer apply
@@ -410,6 +418,7 @@ def _bind_outer_forward(rt: PhotonRuntime, stock_forward):
             last = rt.last
             if last is not None and last.pruned and last.labels is None:
                 labels = gather_tokens(labels.to(last.index.device), last.index, last.valid, fill=IGNORE_INDEX)
+            labels = labels[:, -window:]  # aligned with the logits' window
             if last is not None:
                 last.labels = labels
             out["loss"] = causal_lm_loss(out.logits, labels)

@@ -87,6 +87,7 @@ def photon_objective(out, info, plan: BatchPlan | None, cfg, labels: torch.Tenso
         return out.loss, {"ce": float(out.loss.detach())}
     loss_cfg = cfg.photon.loss
     aligned = info.labels if info is not None and info.labels is not None else labels
+    aligned = aligned[:, -out.logits.shape[1]:]  # the runtime computes logits for the answer window only
     parts: dict[str, float] = {}
     flip = None
     if plan.augment is not None:
@@ -468,6 +469,7 @@ def _micro_step(run: Run, batch: dict | None) -> bool:
             info = runtime.last if runtime is not None else None
             if len(plans) > 1 and each.flip:  # the paper's added flip term
                 aligned = info.labels if info is not None and info.labels is not None else batch["labels"]
+                aligned = aligned[:, -out.logits.shape[1]:]
                 term = losses.flip_loss(out.logits, aligned, cfg.photon.loss.flip_eps)
                 term_parts = {"flip": float(term.detach())}
             else:
