@@ -15,27 +15,39 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def meta_model(size):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
     config = size_config(size)
+    make = Qwen3VLForConditionalGeneration if config.model_type == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
     with torch.device("meta"):
-        return config, Qwen2_5_VLForConditionalGeneration(config)
+        return config, make(config)
 
 
 def weights(module):
     return sum(p.numel() for name, p in module.named_parameters() if name.endswith("weight") and p.ndim == 2)
 
 
-@pytest.mark.parametrize("size", ["tiny", "3b", "7b"])
+@pytest.mark.parametrize("size", ["tiny", "3b", "7b", "qwen3-tiny", "qwen3-small", "qwen3-2b"])
 def test_linear_flops_are_twice_the_weights_a_token_meets(size):
     # GQA shows here: k_proj and v_proj of the real layers are Hkv/Hq the size of q_proj.
+    # Qwen3-VL: an ungated ViT MLP, and DeepStack mergers beside the final one.
     config, model = meta_model(size)
     dims = flops.dims_of(config)
     layer = model.model.language_model.layers[0]
     assert flops.layer_linear(dims.text, 1) == 2 * weights(layer)
     visual = model.model.visual
     per_patch = visual.patch_embed.proj.weight.numel() + dims.vision.depth * weights(visual.blocks[0])
-    assert flops.vision_linear(dims.vision, 8) == 2 * 8 * per_patch + 2 * 2 * weights(visual.merger)
+    mergers = weights(visual.merger) + sum(weights(m) for m in getattr(visual, "deepstack_merger_list", []))
+    assert flops.vision_linear(dims.vision, 8) == 2 * 8 * per_patch + 2 * 2 * mergers
+
+
+def test_qwen3_vl_attends_over_whole_frames():
+    config, _ = meta_model("qwen3-2b")
+    dims = flops.dims_of(config)
+    assert dims.vision.window_size is None and dims.vision.mergers == 4
+    assert flops.window_sizes(dims.vision, 12, 20) == [240]
+    # every one of the 24 blocks attends over each (h*w)^2 frame: 4 * hidden * blocks * pairs
+    assert flops.vision_attention(dims.vision, ((12, 20),)) == 4 * 1024 * 24 * 240**2
 
 
 def test_prefill_flops_by_hand():
@@ -118,9 +130,25 @@ def test_bench_rejects_bad_options_clearly(argv, message, capsys):
 
 
 def test_flops_refuse_a_backbone_they_do_not_model():
-    from transformers import Qwen3VLConfig
+    from types import SimpleNamespace
 
     from photon.core.errors import PhotonError
 
-    with pytest.raises(PhotonError, match="qwen3_vl"):
-        flops.dims_of(Qwen3VLConfig())
+    with pytest.raises(PhotonError, match="llava"):
+        flops.dims_of(SimpleNamespace(model_type="llava"))
+
+
+def test_bench_measures_qwen3_vl_with_every_baseline(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--size", "qwen3-tiny", "--visual-tokens", "16", "--batch", "2", "--keep", "0.5", "--repeats", "1",
+            "--warmup", "0", "--max-new-tokens", "2", "--no-memory", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["model"]["description"].startswith("qwen3-vl qwen3-tiny")
+    assert result["model"]["dims"]["vision"]["mergers"] == 4  # the final merger and 3 DeepStack ones
+    configs = result["configurations"]
+    assert [c["label"] for c in configs] == ["stock", "photon@0.5", "random@0.5", "fastv@0.5", "visionzip@0.5", "divprune@0.5"]
+    for c in configs[1:]:
+        assert c["kept_tokens"] == [8, 8]
+        assert 0 < c["ideal_ratios"]["prefill_s"] < 1
+    assert {c["label"]: c["layer"] for c in configs}["visionzip@0.5"] == -1

@@ -178,6 +178,31 @@ def test_baselines_physically_remove_tokens_in_a_ragged_batch(name, ragged_sampl
     assert not model.model.visual._forward_pre_hooks  # visionzip's capture goes with detach
 
 
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_remove_tokens_on_qwen3_vl(name):
+    """The same pruners on Qwen3-VL: its per-frame placeholder blocks, DeepStack features gathered
+    with the keep index (visionzip and divprune prune before layer 0, ahead of every injection)."""
+    from conftest import video_sample
+
+    from photon.adapters import qwen3_vl
+
+    loaded = qwen3_vl.load_tiny()
+    model = loaded.model
+    samples = [video_sample(0, 4, 64, 96, "Is there a lesion in the upper left region?"),
+               video_sample(1, 2, 96, 64, "How many lesions are there?")]
+    inputs = tiny_batch(loaded.encoder, samples)
+    photon.attach(model, pruner=name, keep_ratio=0.5)
+    with torch.no_grad():
+        out = model(**inputs)
+        generated = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    records = photon.last_selection(model)
+    assert [r["n_kept"] for r in records] == [6, 3]  # half of 2 x 2 x 3 and 1 x 3 x 2 visual tokens
+    info = runtime_of(model).last
+    assert info.pruned and out.logits.shape[1] < inputs["input_ids"].shape[1]
+    assert generated.shape == (2, inputs["input_ids"].shape[1] + 2)
+    photon.detach(model)
+
+
 def test_pre_llm_pruning_equals_the_stock_reference(ragged_samples):
     loaded = load_tiny(initializer_range=0.3)
     model = loaded.model

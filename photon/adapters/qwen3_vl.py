@@ -190,6 +190,11 @@ class Qwen3VLAdapter:
     def instruction_mask(self, input_ids):
         return instruction_tokens(input_ids, self.image_id, self.video_id, self.vision_start_id, self.vision_end_id, self.im_end_id)
 
+    def capture_vision_attention(self, model):
+        from photon.adapters.qwen_vision_attention import VisionAttentionCapture
+
+        return VisionAttentionCapture(model, self.visual_kinds)
+
     def split_extras(self, kwargs):
         mask = kwargs.get("visual_pos_masks")
         embeds = kwargs.get("deepstack_visual_embeds")

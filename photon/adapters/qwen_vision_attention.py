@@ -21,7 +21,9 @@ class VisionAttentionCapture:
         visual = model.model.visual
         self.visual = visual
         self.visual_kinds = visual_kinds
-        full = [i for i in visual.fullatt_block_indexes if i < len(visual.blocks)]
+        # Qwen2.5-VL: the last full-attention block (the others attend within windows);
+        # Qwen3-VL has no windows: its last block.
+        full = [i for i in getattr(visual, "fullatt_block_indexes", []) if i < len(visual.blocks)]
         self.attention = visual.blocks[max(full) if full else len(visual.blocks) - 1].attn
         self.calls: list[dict] = []
         self._handles = [
@@ -94,12 +96,15 @@ class VisionAttentionCapture:
                 hi = min(end, lo + rows)
                 probs = torch.softmax(torch.einsum("hqd,hkd->hqk", q[:, lo:hi], k_seg) * attn.scaling, dim=-1)
                 received[start:end] += probs.sum(dim=(0, 1)) / attn.num_heads
-        unit = visual.spatial_merge_unit
-        # Rows are in window order, each LLM token's merge^2 patches contiguous; undo the window order.
-        window_index, _ = get_vision_window_index(
-            call["grid"], spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size, patch_size=visual.patch_size
-        )
-        order = torch.argsort(window_index.to(hidden.device))
-        token_received = received.view(-1, unit).sum(1)[order]
-        token_keys = k.mean(0).view(-1, unit, k.shape[-1]).mean(1)[order]
+        unit = visual.config.spatial_merge_size**2
+        # Each LLM token's merge^2 patches are contiguous rows. Qwen2.5-VL's rows are in window
+        # order: undo it. Qwen3-VL's are in the prompt's order already.
+        token_received = received.view(-1, unit).sum(1)
+        token_keys = k.mean(0).view(-1, unit, k.shape[-1]).mean(1)
+        if getattr(visual, "window_size", None):
+            window_index, _ = get_vision_window_index(
+                call["grid"], spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size, patch_size=visual.patch_size
+            )
+            order = torch.argsort(window_index.to(hidden.device))
+            token_received, token_keys = token_received[order], token_keys[order]
         return token_received, token_keys

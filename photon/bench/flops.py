@@ -1,7 +1,7 @@
 """Analytic FLOPs of a Qwen-VL forward, GQA-aware (2 FLOPs per multiply-add).
 
 Counted: every matrix product of the vision encoder (patch embedding, windowed and full
-attention, MLP, merger), of each decoder layer (q/k/v/o projections with Hkv key/value heads,
+attention, MLP, merger and Qwen3-VL's DeepStack mergers), of each decoder layer (q/k/v/o projections with Hkv key/value heads,
 causal attention over the keys each query sees, the gated MLP), the LM head on the positions
 whose logits are computed, and each pruner's selection overhead (its `selection_flops`).
 Not counted: norms, RoPE, softmax, biases, embedding lookups (all O(tokens x width)).
@@ -35,9 +35,11 @@ class VisionDims:
     temporal_patch_size: int
     in_channels: int
     merge_size: int
-    window_size: int
+    window_size: int | None  # None: every block attends over the whole frame (Qwen3-VL)
     fullatt_blocks: tuple[int, ...]
     out_hidden: int
+    mlp_matrices: int = 3  # gated MLP (Qwen2.5-VL) 3; plain two-layer MLP (Qwen3-VL) 2
+    mergers: int = 1  # the final patch merger plus Qwen3-VL's DeepStack mergers
 
 
 @dataclass(frozen=True)
@@ -58,35 +60,39 @@ class SampleShape:
 
 
 def dims_of(config) -> ModelDims:
-    """ModelDims from a Qwen2.5-VL transformers config."""
-    if config.model_type != "qwen2_5_vl":
-        # Other vision encoders differ (Qwen3-VL: no windows, an ungated MLP, DeepStack mergers).
-        raise PhotonError(f"photon bench counts FLOPs for Qwen2.5-VL models only, not model_type {config.model_type!r}")
+    """ModelDims from a Qwen2.5-VL or Qwen3-VL transformers config."""
+    if config.model_type not in ("qwen2_5_vl", "qwen3_vl"):
+        raise PhotonError(
+            f"photon bench counts FLOPs for Qwen2.5-VL and Qwen3-VL models only, not model_type {config.model_type!r}"
+        )
     t, v = config.get_text_config(), config.vision_config
-    return ModelDims(
-        text=TextDims(
-            hidden=t.hidden_size,
-            layers=t.num_hidden_layers,
-            heads=t.num_attention_heads,
-            kv_heads=t.num_key_value_heads,
-            head_dim=getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads,
-            intermediate=t.intermediate_size,
-            vocab=t.vocab_size,
-        ),
-        vision=VisionDims(
-            hidden=v.hidden_size,
-            depth=v.depth,
-            heads=v.num_heads,
-            intermediate=v.intermediate_size,
-            patch_size=v.patch_size,
-            temporal_patch_size=v.temporal_patch_size,
-            in_channels=v.in_channels,
-            merge_size=v.spatial_merge_size,
-            window_size=v.window_size,
-            fullatt_blocks=tuple(v.fullatt_block_indexes),
-            out_hidden=v.out_hidden_size,
-        ),
+    text = TextDims(
+        hidden=t.hidden_size,
+        layers=t.num_hidden_layers,
+        heads=t.num_attention_heads,
+        kv_heads=t.num_key_value_heads,
+        head_dim=getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads,
+        intermediate=t.intermediate_size,
+        vocab=t.vocab_size,
     )
+    shared = dict(
+        hidden=v.hidden_size,
+        depth=v.depth,
+        heads=v.num_heads,
+        intermediate=v.intermediate_size,
+        patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size,
+        in_channels=v.in_channels,
+        merge_size=v.spatial_merge_size,
+        out_hidden=v.out_hidden_size,
+    )
+    if config.model_type == "qwen3_vl":
+        # No attention windows, an ungated MLP, and one merger per DeepStack level besides the last.
+        vision = VisionDims(**shared, window_size=None, fullatt_blocks=tuple(range(v.depth)), mlp_matrices=2,
+                            mergers=1 + len(v.deepstack_visual_indexes))
+    else:
+        vision = VisionDims(**shared, window_size=v.window_size, fullatt_blocks=tuple(v.fullatt_block_indexes))
+    return ModelDims(text=text, vision=vision)
 
 
 # -- decoder --------------------------------------------------------------------------------
@@ -126,7 +132,9 @@ def cache_lengths(dims: ModelDims, tokens: int, kept_tokens: int, layer: int, ev
 
 # -- vision encoder -------------------------------------------------------------------------
 def window_sizes(v: VisionDims, h: int, w: int) -> list[int]:
-    """Patches in each attention window of one (h x w patches) frame."""
+    """Patches in each attention window of one (h x w patches) frame (the whole frame without windows)."""
+    if v.window_size is None:
+        return [h * w]
     unit = v.window_size // v.patch_size // v.merge_size  # window side in merged tokens
     mh, mw = h // v.merge_size, w // v.merge_size
     rows = [min(unit, mh - r) for r in range(0, mh, unit)]
@@ -135,12 +143,12 @@ def window_sizes(v: VisionDims, h: int, w: int) -> list[int]:
 
 
 def vision_linear(v: VisionDims, patches: int) -> float:
-    """Patch embedding, every block's projections and MLP, and the merger, over `patches` patches."""
+    """Patch embedding, every block's projections and MLP, and the mergers, over `patches` patches."""
     embed = v.in_channels * v.temporal_patch_size * v.patch_size**2 * v.hidden
-    block = 3 * v.hidden * v.hidden + v.hidden * v.hidden + 3 * v.hidden * v.intermediate
+    block = 3 * v.hidden * v.hidden + v.hidden * v.hidden + v.mlp_matrices * v.hidden * v.intermediate
     wide = v.hidden * v.merge_size**2
     merger = wide * wide + wide * v.out_hidden
-    return 2 * patches * (embed + v.depth * block) + 2 * (patches // v.merge_size**2) * merger
+    return 2 * patches * (embed + v.depth * block) + 2 * (patches // v.merge_size**2) * merger * v.mergers
 
 
 def vision_attention(v: VisionDims, frames: tuple[tuple[int, int], ...]) -> float:
@@ -166,14 +174,16 @@ def configuration_flops(
     evict_all: bool,
     new_tokens: int,
     pruner=None,
+    train_logits: int | None = None,
 ) -> dict[str, float | None]:
     """FLOPs of a batch under one configuration (layer None: the stock model).
 
     prefill includes the selection, as the measured prefill does; decode is per generated token.
 
     generate = vision + prefill + selection + (new_tokens - 1) decode steps (the prefill
-    yields the first token); train = 3 x (vision + prefill with logits at every position)
-    + selection, the usual forward + backward estimate.
+    yields the first token); train = 3 x (vision + prefill with logits at the `train_logits`
+    trailing positions of the answer window, every kept position when None) + selection, the
+    usual forward + backward estimate.
     """
     totals = dict(vision=0.0, prefill=0.0, selection=0.0, decode=0.0, generate=0.0, train=0.0)
     counts_selection = pruner is not None and hasattr(pruner, "selection_flops")
@@ -190,7 +200,8 @@ def configuration_flops(
         totals["selection"] += sel
         totals["decode"] += sum(steps) / len(steps) if steps else 0.0
         totals["generate"] += vis + pre + sel + sum(steps)
-        totals["train"] += 3 * (vis + prefill(dims, s.tokens, kept_tokens, cut, logits=kept_tokens)) + sel
+        logits = kept_tokens if train_logits is None else min(train_logits, kept_tokens)
+        totals["train"] += 3 * (vis + prefill(dims, s.tokens, kept_tokens, cut, logits=logits)) + sel
     if pruner is not None and not counts_selection:
         totals["selection"] = None  # a third-party pruner that does not state its overhead
     return totals

@@ -25,6 +25,7 @@ from photon.bench.models import ModelSpec, build_model
 from photon.core import plugins
 from photon.core.api import spec_for_model
 from photon.core.errors import PhotonError
+from photon.core.losses import answer_window
 
 TIMES = ("vision_s", "prefill_s", "decode_s_per_token", "generate_s", "train_step_s")
 # measured time -> the FLOPs that bound it
@@ -187,6 +188,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
             evict_all=chosen["evict_all"] if chosen else True,
             new_tokens=options.new_tokens,
             pruner=chosen["pruner"] if chosen else None,
+            train_logits=answer_window(train["labels"]),
         )
         results.append(
             {

@@ -28,7 +28,7 @@ def configure(parser):
     from photon.bench.models import SIZES
 
     defaults = BenchOptions()
-    parser.add_argument("--size", choices=list(SIZES), default=None, help="random-weight model of this size (default: tiny)")
+    parser.add_argument("--size", choices=list(SIZES), default=None, help="random-weight model of this size (default: tiny; qwen3-* are Qwen3-VL)")
     parser.add_argument("--backbone", help="a registered backbone name or a local folder (real weights) instead of --size")
     parser.add_argument("--pruners", default=",".join(defaults.pruners), help="comma-separated pruner names")
     parser.add_argument("--keep", default=",".join(f"{r:g}" for r in defaults.keep), help="comma-separated keep ratios, each run for every pruner")

@@ -114,7 +114,8 @@ def last_selection(model: nn.Module) -> list[dict]:
     return runtime_of(model).records
 
 
-def _spec_for_model_type(model_type: str):
+def spec_for_model_type(model_type: str):
+    """The registered backbone that loads folders of this config.json model_type."""
     for registered in plugins.backbones().values():
         if registered.obj.model_type == model_type and registered.obj.load_folder is not None:
             return registered.obj
@@ -144,7 +145,7 @@ def load(
 
     if checkpoint.is_photon_folder(source):
         meta = checkpoint.read_meta(source)
-        spec = _spec_for_model_type(meta["model_type"])
+        spec = spec_for_model_type(meta["model_type"])
         loaded = spec.load_folder(source, **options)
         loaded.backbone = meta.get("backbone", loaded.backbone)
         if not meta.get("attached"):
@@ -172,7 +173,7 @@ def load(
             raise PhotonError(f"{source}: no config.json; expected a Qwen-VL checkpoint folder or a Photon checkpoint")
         import json
 
-        loaded = _spec_for_model_type(json.loads(raw.read_text()).get("model_type")).load_folder(source, **options)
+        loaded = spec_for_model_type(json.loads(raw.read_text()).get("model_type")).load_folder(source, **options)
     else:
         raise PhotonError(f"{source!r} is neither a registered backbone ({', '.join(sorted(plugins.backbones()))}) nor a folder")
     weights = loaded.photon
