@@ -32,6 +32,7 @@ KEPT_ALPHA = 0.45
 DROPPED_GREY = 96.0
 DROPPED_CONTRAST = 0.35  # how much of the image stays visible under the grey
 GRID_LINE = (40, 40, 40)
+OUTLINE = (0, 200, 255)  # tokens a caller marks (e.g. the region a question is about)
 SELECTION_FILE = "selection.json"
 
 
@@ -94,8 +95,10 @@ def draw_medium(
     panel: int = PANEL,
     columns: int = COLUMNS,
     max_panels: int = MAX_PANELS,
+    outline: np.ndarray | None = None,
 ):
-    """A grid of panels, one per drawn temporal token row, as a PIL image."""
+    """A grid of panels, one per drawn temporal token row, as a PIL image. `outline`, a bool
+    array shaped like keep_thw, frames the marked tokens."""
     from PIL import Image, ImageDraw, ImageFont
 
     frames = np.asarray(frames)
@@ -127,6 +130,10 @@ def draw_medium(
         for j in range(w + 1):
             xx = x + min(round(j * pw / w), pw - 1)
             draw.line([(xx, y), (xx, y + ph - 1)], fill=GRID_LINE)
+        if outline is not None:
+            for i, j in zip(*np.nonzero(outline[r])):
+                box = [x + round(j * pw / w), y + round(i * ph / h), x + round((j + 1) * pw / w) - 1, y + round((i + 1) * ph / h) - 1]
+                draw.rectangle(box, outline=OUTLINE, width=2)
         span = f"{unit} {first}" if first == last else f"{unit} {first}-{last}"
         draw.text((x + 3, y + ph + 2), f"{span}: kept {int(keep_thw[r].sum())}/{h * w}", fill=(0, 0, 0), font=font)
     return canvas

@@ -40,9 +40,10 @@ def _keys(schema, prefix=""):
             yield f"{prefix}{f.name}"
 
 
+from photon.demo.config import DemoConfig  # noqa: E402
 from photon.training.config import TrainConfig  # noqa: E402
 
-DOCUMENTED_SCHEMAS = [config_module.PhotonConfig, TrainConfig, DataConfig]
+DOCUMENTED_SCHEMAS = [config_module.PhotonConfig, TrainConfig, DataConfig, DemoConfig]
 
 
 @pytest.mark.parametrize("key", [k for s in DOCUMENTED_SCHEMAS for k in _keys(s)])

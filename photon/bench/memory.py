@@ -63,13 +63,14 @@ def _reset_peak() -> int:
     return _status_kib("VmRSS") * 1024
 
 
-def reset_peak(device: torch.device) -> None:
-    """Start a fresh peak: CUDA's max allocated, or this process's peak RSS (where Linux allows)."""
+def reset_peak(device: torch.device) -> int | None:
+    """Start a fresh peak: CUDA's max allocated, or this process's peak RSS (where Linux allows).
+    Returns what is allocated (or resident) now, the base the coming peak stands on."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    elif can_measure_rss():
-        _reset_peak()
+        return torch.cuda.memory_allocated(device)
+    return _reset_peak() if can_measure_rss() else None
 
 
 def peak_bytes(device: torch.device) -> int | None:

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = (
     "photon.commands.convert",
     "photon.commands.attach",
     "photon.commands.infer",
+    "photon.commands.demo",
     "photon.modalities.ct",
     "photon.modalities.frames",
     "photon.modalities.video",

@@ -6,7 +6,8 @@ plane. Quadrants are named in patient terms, as in the model-input convention (P
 section 1: H runs anterior -> posterior, W patient-left -> patient-right), so "left anterior"
 is the first half of H and the first half of W on every slice.
 
-Three kinds of question:
+Four kinds of question:
+- presence: "Is there a lesion?" -> yes / no; the relevant region is every lesion.
 - exists: "Is there a lesion in the left anterior quadrant?" -> yes / no; the relevant
   region is the asked quadrant.
 - where: "Which quadrant holds the lesion?" (one lesion) -> its quadrant's name; the relevant
@@ -27,17 +28,19 @@ from pathlib import Path
 import numpy as np
 
 QUADRANTS = ("left anterior", "right anterior", "left posterior", "right posterior")
-KINDS = ("exists", "where", "count")
+KINDS = ("presence", "exists", "where", "count")
 SPLITS = ("train", "test")
-KIND_PROBS = (0.5, 0.25, 0.25)
+KIND_PROBS = (0.4, 0.3, 0.15, 0.15)
 LESION_COUNT_PROBS = (0.1, 0.3, 0.3, 0.3)  # 0, 1, 2, 3 lesions (exists and count questions)
+PRESENCE_COUNT_PROBS = (0.5, 0.25, 0.15, 0.1)  # presence questions: half the volumes hold none
 FOV_MM = 240.0  # in-plane field of view, whatever the pixel count
 SLICE_MM = 8.0  # axial slice thickness
-RADIUS_MM = (9.0, 20.0)
-AIR, TISSUE, LUNG, LESION = -1000.0, 40.0, -850.0, 260.0
+RADIUS_MM = (10.0, 24.0)
+AIR, TISSUE, LUNG, LESION = -1000.0, 40.0, -850.0, 600.0  # enhancing lesions
 NOISE_HU = 12.0
 
 QUESTIONS = {
+    "presence": "Is there a lesion? Answer yes or no.",
     "exists": "Is there a lesion in the {region} quadrant? Answer yes or no.",
     "where": "Which quadrant holds the lesion? Answer left anterior, right anterior, left posterior or right posterior.",
     "count": "How many lesions are there? Answer with a number.",
@@ -57,7 +60,7 @@ class Case:
     kind: str
     question: str
     answer: str
-    region: str | None  # the asked quadrant (exists) or the lesion's (where)
+    region: str | None  # the asked quadrant (exists) or the lesion's (where); None otherwise
     lesions: tuple[Lesion, ...]
     shape: tuple[int, int, int]  # model input (D, H, W)
 
@@ -130,7 +133,8 @@ def _place(quadrant: str, rng: np.random.Generator, shape) -> Lesion:
 
 def make_case(index: int, split: str, rng: np.random.Generator, shape) -> Case:
     kind = str(rng.choice(KINDS, p=KIND_PROBS))
-    n = 1 if kind == "where" else int(rng.choice(4, p=LESION_COUNT_PROBS))
+    counts = PRESENCE_COUNT_PROBS if kind == "presence" else LESION_COUNT_PROBS
+    n = 1 if kind == "where" else int(rng.choice(4, p=counts))
     quadrants = [QUADRANTS[i] for i in rng.permutation(4)[:n]]
     lesions = tuple(_place(q, rng, shape) for q in quadrants)
     region = None
@@ -140,6 +144,8 @@ def make_case(index: int, split: str, rng: np.random.Generator, shape) -> Case:
         answer = "yes" if region in quadrants else "no"
     elif kind == "where":
         region = answer = quadrants[0]
+    elif kind == "presence":
+        answer = "yes" if quadrants else "no"
     else:
         answer = str(n)
     question = QUESTIONS[kind].format(region=region)
@@ -199,7 +205,7 @@ def relevant_voxels(meta: dict) -> np.ndarray:
     """(D, H, W) bool: the region the record's question depends on."""
     shape = tuple(meta["shape"])
     lesions = [Lesion(l["quadrant"], tuple(l["center"]), l["radius_mm"]) for l in meta["lesions"]]
-    if meta["kind"] == "count":
+    if meta["kind"] in ("count", "presence"):
         mask = np.zeros(shape, dtype=bool)
         for lesion in lesions:
             mask |= lesion_mask(lesion, shape)
