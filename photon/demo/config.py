@@ -12,10 +12,10 @@ class DemoConfig:
     backbone: str = "qwen2.5-vl-tiny"  # any registered backbone; the default needs no download
     n_train: int = 256  # phantom cases to train on
     n_test: int = 64  # held-out cases to score
-    # Model input (D, H, W): 8 axial slices of 224 x 224 make 4 x 8 x 8 = 256 visual tokens on
-    # Qwen2.5-VL (each quadrant 64).
-    volume: list[int] = field(default_factory=lambda: [8, 224, 224])
-    steps: int = 600  # optimiser steps per run; Photon's stage boundaries scale to this
+    # Model input (D, H, W): 16 axial slices of 112 x 112 make 8 x 4 x 4 = 128 visual tokens on
+    # Qwen2.5-VL (each quadrant 32). Larger slices work too but learn slower and cost more per step.
+    volume: list[int] = field(default_factory=lambda: [16, 112, 112])
+    steps: int = 500  # optimiser steps per run; Photon's stage boundaries scale to this
     batch_size: int = 4
     lr: float = 3.0e-3  # a random-initialised tiny model needs a far larger rate than a released one
     warmup_ratio: float = 0.05
