@@ -149,3 +149,31 @@ def test_overlays_frame_the_questions_region():
     image = np.asarray(draw_medium(frames, keep, temporal_patch=2, outline=region))
     assert tuple(image[HEADER_HEIGHT + 170, 1]) == OUTLINE  # left edge of the framed token
     assert tuple(image[HEADER_HEIGHT + 50, 1]) != OUTLINE  # the token above it is not framed
+
+
+def _run(accuracy, kept, coverage=None, blind=None, timing=None):
+    return {"accuracy": accuracy, "accuracy_by_kind": {k: accuracy for k in phantoms.KINDS}, "kept_tokens": kept,
+            "visual_tokens": 128, "keep_ratio": kept / 128, "relevant_coverage": coverage, "blind_coverage": blind,
+            "llm_prefill_gflops": 0.1 * kept / 128, "timing": timing, "training": None}
+
+
+@pytest.mark.parametrize("coverage, verdict", [(0.9, "more of the region than chance"),
+                                               (0.52, "about as much of the region as chance"),
+                                               (0.2, "less of the region than chance")])
+def test_the_report_states_what_the_numbers_say(coverage, verdict):
+    from photon.demo.report import findings, table
+
+    result = {
+        "answer_prior_accuracy": 0.36,
+        "runs": {
+            "unpruned": _run(0.7, 128, timing={"train_samples_per_s": 20.0, "prefill_ms": 10.0, "train_step_memory_mb": 200.0}),
+            "photon": _run(0.68, 64, coverage, 0.5, timing={"train_samples_per_s": 30.0, "prefill_ms": 5.0, "train_step_memory_mb": 100.0}),
+        },
+    }
+    lines = findings(result)
+    assert any(verdict in line for line in lines)
+    assert any("attention" in line for line in lines) == (coverage < 0.55)  # the explanation comes with no lift
+    assert any("1.50x the unpruned samples/s" in line and "0.50x the unpruned time" in line for line in lines)
+    assert any("0.50x the unpruned FLOPs" in line for line in lines)
+    rows = table(result).splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| unpruned") and "64/128" in rows[3]

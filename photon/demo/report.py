@@ -6,6 +6,9 @@ from typing import Any
 
 from photon.demo.phantoms import KINDS
 
+# Coverage differences smaller than this are within what a few dozen test cases can tell apart.
+NOISE = 0.05
+
 
 def _fmt(value: Any, pattern: str = "{:.2f}") -> str:
     return "-" if value is None else pattern.format(value)
@@ -53,11 +56,12 @@ def findings(result: dict) -> list[str]:
         lines.append(f"the same model keeping random tokens at that rate: accuracy {runs['random']['accuracy']:.2f}")
     if photon["relevant_coverage"] is not None:
         lift = photon["relevant_coverage"] - photon["blind_coverage"]
-        verdict = "more" if lift > 0.02 else "less" if lift < -0.02 else "about as much"
+        verdict = ("more of the region than chance" if lift > NOISE else "less of the region than chance" if lift < -NOISE
+                   else "about as much of the region as chance")
         lines.append(
             f"Photon's kept tokens covered {photon['relevant_coverage']:.0%} of each question's region; a blind selection "
-            f"of the same size covers {photon['blind_coverage']:.0%}: {verdict} of the region than chance")
-        if lift <= 0.02:
+            f"of the same size covers {photon['blind_coverage']:.0%}: {verdict}")
+        if lift <= NOISE:
             lines.append(
                 "ITS ranks visual tokens by the attention the question's tokens pay them at the selection layer; in a "
                 "backbone trained from random weights for minutes nothing has taught that attention where lesions are "

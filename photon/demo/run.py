@@ -8,6 +8,7 @@ reset before each (CUDA max allocated, or the process's peak RSS on Linux).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -64,23 +65,13 @@ def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str]):
 
 
 # -- training -------------------------------------------------------------------------------
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def median_rate(rows: list[dict], steps: set[int] | None = None) -> float | None:
-    """Median training samples/s over the given steps (default: all but the first two, which
-    pay one-time set-up)."""
-    selected = [r for r in rows if r["step"] in steps] if steps is not None else rows[2:] or rows
-    rates = [r["samples_per_s"] for r in selected if r.get("samples_per_s")]
-    return statistics.median(rates) if rates else None
-
-
 def training_facts(rows: list[dict], seconds: float, peak: int | None) -> dict:
+    """The run's own log: its median samples/s (the first two steps pay one-time set-up)."""
+    rates = [r["samples_per_s"] for r in rows[2:] or rows if r.get("samples_per_s")]
     return {
         "steps": len(rows),
         "seconds": round(seconds, 2),
-        "samples_per_s": median_rate(rows),
+        "samples_per_s": statistics.median(rates) if rates else None,
         # The process's peak during the run (an earlier run's model may still be resident).
         "peak_memory_mb": None if peak is None else round(peak / 2**20, 1),
         "final_loss": statistics.mean(r["loss"] for r in rows[-10:]) if rows else None,
@@ -124,16 +115,22 @@ def coverage(selection: dict | None, meta: dict) -> tuple[float, float] | None:
     return float(keep[relevant].mean()), float(keep.mean())
 
 
+def phantom_dataset(loaded, records: Path, cfg: DemoConfig, *, train: bool):
+    """Records through the CT loader at the demo's volume size, encoded for `loaded`."""
+    from photon.modalities.dataset import PhotonDataset
+    from photon.wrapping import media_options
+
+    options = media_options(loaded, {"ct": {"size": list(cfg.volume), "preprocess": False}})
+    return PhotonDataset(records, encoder=loaded.encoder, train=train, media_options=options, strict=True)
+
+
 def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool, on_case: Callable | None = None) -> dict:
     """Greedy answers for every test record; accuracy, kept tokens, coverage and prefill time."""
-    import contextlib
-
     from tqdm import tqdm
 
     from photon.bench.memory import peak_bytes, reset_peak
     from photon.inference import generate_batch, prediction_line, unpruned
-    from photon.modalities.dataset import PhotonDataset
-    from photon.wrapping import media_options, rule_of
+    from photon.wrapping import rule_of
 
     import torch
 
@@ -142,8 +139,7 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
     model._photon.plan = None  # inference, not a training stage
     dims = flops.dims_of(model.config)
     layer = model._photon.layer if prune else dims.text.layers  # unpruned: every layer sees every token
-    options = media_options(loaded, {"ct": {"size": list(cfg.volume), "preprocess": False}})
-    dataset = PhotonDataset(records, encoder=loaded.encoder, train=False, media_options=options, strict=True)
+    dataset = phantom_dataset(loaded, records, cfg, train=False)
     device = next(model.parameters()).device
     run_fields = {"backbone": loaded.backbone, "mode": model._photon.config.mode if prune else "unpruned",
                   "rule": rule_of(model) if prune else "none"}
@@ -229,18 +225,13 @@ def time_side_by_side(entries: list[Timed], train_records: Path, test_records: P
     """Prefill per case and a training step (forward + backward, Photon in its hard stage) for each
     entry on the same batches, interleaved round by round; the fastest of cfg.timing_rounds
     after one unmeasured round (other work on the machine only ever adds time)."""
-    import contextlib
-
     from photon.adapters.qwen_inputs import model_inputs
     from photon.bench.clock import time_train_step
     from photon.core.schedule import BatchPlan, Stage
     from photon.inference import generate_batch, unpruned
-    from photon.modalities.dataset import PhotonDataset
-    from photon.wrapping import media_options
 
     def batch(loaded, records, n, train):
-        options = media_options(loaded, {"ct": {"size": list(cfg.volume), "preprocess": False}})
-        dataset = PhotonDataset(records, encoder=loaded.encoder, train=train, media_options=options, strict=True)
+        dataset = phantom_dataset(loaded, records, cfg, train=train)
         return loaded.encoder.collate([dataset[i] for i in range(min(n, len(dataset)))])
 
     prompts = {e.label: batch(e.loaded, test_records, cfg.eval_batch_size, False) for e in entries}
@@ -277,8 +268,6 @@ def time_side_by_side(entries: list[Timed], train_records: Path, test_records: P
 def train_step_memory(entry: Timed, inputs: dict) -> float | None:
     """Peak memory of one training step above what was held before it (MB): CUDA max allocated,
     or the process's peak RSS after freed heap went back to the system (Linux)."""
-    import contextlib
-
     from photon.bench.clock import train_step
     from photon.bench.memory import peak_bytes, reset_peak
     from photon.core.schedule import BatchPlan, Stage
@@ -329,7 +318,7 @@ class CaseDrawer:
 # -- the whole demo ----------------------------------------------------------------------------
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     import photon
-    from photon.training.plot import plot_training
+    from photon.training.plot import plot_training, read_log
 
     started = time.perf_counter()
     out = Path(cfg.out)
