@@ -176,6 +176,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
     samples, selections = _measure_rounds(model, adapter.vision_tower(model), configs, prompt, train, options, step)
 
     stock_shapes = _shapes(adapter, prompt, [0] * options.batch)
+    train_logits = answer_window(train["labels"])  # the positions a training forward computes logits for
     results = []
     for config in configs:
         chosen = selections.get(config.label)
@@ -188,7 +189,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
             evict_all=chosen["evict_all"] if chosen else True,
             new_tokens=options.new_tokens,
             pruner=chosen["pruner"] if chosen else None,
-            train_logits=answer_window(train["labels"]),
+            train_logits=train_logits,
         )
         results.append(
             {
