@@ -43,7 +43,6 @@ def normalise(answer: str) -> str:
 def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str]):
     from photon.training.trainer import load_train_config
 
-    depth, height, width = cfg.volume
     return load_train_config(None, [
         "run.phase=2",
         f"run.output_dir={out}",
@@ -55,7 +54,7 @@ def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str]):
         f"run.progress={str(cfg.progress).lower()}",
         f"model.backbone={cfg.backbone}",
         f"data.train={records}",
-        f"data.media={{ct: {{size: [{depth}, {height}, {width}], preprocess: false}}}}",
+        f"data.media={json.dumps(ct_options(cfg))}",  # JSON is YAML flow syntax
         f"optim.lr={cfg.lr}",
         f"optim.vit_lr={cfg.lr}",  # the tiny backbone's vision tower is random too
         f"optim.warmup_ratio={cfg.warmup_ratio}",
@@ -115,12 +114,17 @@ def coverage(selection: dict | None, meta: dict) -> tuple[float, float] | None:
     return float(keep[relevant].mean()), float(keep.mean())
 
 
+def ct_options(cfg: DemoConfig) -> dict:
+    """The CT loader's options for the phantoms: stored at the model-input size, no offline recipe."""
+    return {"ct": {"size": list(cfg.volume), "preprocess": False}}
+
+
 def phantom_dataset(loaded, records: Path, cfg: DemoConfig, *, train: bool):
     """Records through the CT loader at the demo's volume size, encoded for `loaded`."""
     from photon.modalities.dataset import PhotonDataset
     from photon.wrapping import media_options
 
-    options = media_options(loaded, {"ct": {"size": list(cfg.volume), "preprocess": False}})
+    options = media_options(loaded, ct_options(cfg))
     return PhotonDataset(records, encoder=loaded.encoder, train=train, media_options=options, strict=True)
 
 
@@ -204,10 +208,10 @@ def prior_accuracy(train_records: Path, test_records: Path) -> float:
     def read(path):
         return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
-    common = {}
-    for kind in phantoms.KINDS:
-        answers = Counter(r["messages"][-1]["content"] for r in read(train_records) if r["meta"]["kind"] == kind)
-        common[kind] = answers.most_common(1)[0][0] if answers else ""
+    answers = {kind: Counter() for kind in phantoms.KINDS}
+    for r in read(train_records):
+        answers[r["meta"]["kind"]][r["messages"][-1]["content"]] += 1
+    common = {kind: counts.most_common(1)[0][0] if counts else "" for kind, counts in answers.items()}
     test = read(test_records)
     return sum(common[r["meta"]["kind"]] == r["messages"][-1]["content"] for r in test) / len(test)
 
@@ -301,8 +305,7 @@ class CaseDrawer:
         if kind not in self.kinds_left or result.selection is None:
             return
         self.kinds_left.remove(kind)
-        options = {"ct": {"size": list(self.cfg.volume), "preprocess": False}}
-        media = load_inputs([path for _, path in entry.media], options)[0]
+        media = load_inputs([path for _, path in entry.media], ct_options(self.cfg))[0]
         question = entry.messages[0]["content"].split("Answer")[0].replace("<video>", "").strip()
         title = (f"{self.label}: {question} reference: {entry.messages[-1]['content']}; answer: {result.answer!r}; "
                  f"kept {result.n_kept}/{result.n_visual}")
