@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 pytest.importorskip("deepspeed", reason="the train extra (DeepSpeed) is not installed")
 
 import photon  # noqa: E402
+from photon.core.errors import PhotonError  # noqa: E402
 from photon.training import trainer  # noqa: E402
 from photon.training.config import TrainConfig  # noqa: E402
 from photon.training.trainer import load_train_config, train  # noqa: E402
@@ -140,8 +141,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_micro_step", real_step)
     train(stopped, resume=True)
     a, b = read_log(straight), read_log(stopped)
-    resumed = [r for r in b if r["step"] >= 3][-3:]
-    for x, y in zip(a[3:], resumed):
+    assert [r["step"] for r in b] == list(range(6))  # the lost step 3 is logged once, by the resumed run
+    resumed = b[3:]
+    for x, y in zip(a[3:], resumed, strict=True):
         assert (x["step"], x["stage"], x["lr"], x["augment"]) == (y["step"], y["stage"], y["lr"], y["augment"])
     final = "checkpoints/step-00000006"
     for name in ("model.safetensors", "photon.safetensors"):
@@ -219,3 +221,102 @@ def test_phase2_starts_from_a_folder_written_by_photon_attach_save(tmp_path):
     assert [r["stage"] for r in read_log(cfg)] == ["hard", "hard"]
     final = Path(cfg.run.output_dir) / "checkpoints" / "step-00000002"
     assert photon.load(str(final)).model._photon.layer == 2
+
+
+def test_a_second_run_into_a_used_folder_is_refused_and_the_first_survives(tmp_path, capsys):
+    from photon.cli import main
+
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, "run.max_steps=2", "run.save_every=1", "run.keep_last=1")
+    train(cfg)
+    out = Path(cfg.run.output_dir)
+    log_before = (out / "log.jsonl").read_text()
+    checkpoints_before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    argv = ["train", "--config", str(ROOT / "configs/train/phase2.yaml"), "model.backbone=qwen2.5-vl-tiny",
+            f"data.train={records}", "data.media={ct: {size: [28, 56, 56]}}", f"run.output_dir={out}",
+            "run.max_steps=1", "run.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "log.jsonl").read_text() == log_before
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == checkpoints_before
+    assert main([*argv, "--overwrite"]) == 0
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [0]
+    root = out / "checkpoints"
+    assert (root / "latest").read_text() == "step-00000001" and (root / "step-00000001" / "trainer_state.json").is_file()
+    assert not (root / "step-00000002").exists()  # the earlier run's checkpoints went with --overwrite
+
+
+def test_keep_last_never_removes_the_checkpoint_latest_names(tmp_path):
+    from photon.training.state import prune_old
+
+    root = tmp_path / "checkpoints"
+    for step in (8, 9, 10, 2):
+        (root / f"step-{step:08d}").mkdir(parents=True)
+    prune_old(root, keep_last=2, latest_name="step-00000002")  # older runs left higher steps behind
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000010"]
+    prune_old(root, keep_last=1, latest_name="step-00000002")
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002"]
+
+
+def test_resume_refuses_a_checkpoint_whose_files_changed(tmp_path):
+    from photon.cli import main
+
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, "run.max_steps=2", "run.save_every=1")
+    train(cfg)
+    step = Path(cfg.run.output_dir) / "checkpoints" / "step-00000002"
+    manifest = json.loads((step / "manifest.json").read_text())["sha256"]
+    assert "trainer_state.json" in manifest and "photon.safetensors" in manifest
+    assert any(name.startswith("deepspeed/") and name.endswith(".pt") for name in manifest)  # the pickled state is covered
+    pickled = next(step.glob("deepspeed/state/*optim_states.pt"))
+    pickled.write_bytes(pickled.read_bytes() + b"\0")
+    argv = ["train", "--config", str(ROOT / "configs/train/phase2.yaml"), "model.backbone=qwen2.5-vl-tiny",
+            f"data.train={records}", "data.media={ct: {size: [28, 56, 56], preprocess: false}}", "data.shuffle=false",
+            f"run.output_dir={cfg.run.output_dir}", "run.max_steps=3", "run.progress=false",
+            "photon.schedule.scale_with_run=false", "--resume"]
+    with pytest.raises(PhotonError, match=r"do not match manifest.json \(changed: deepspeed/state/"):
+        train(load_train_config(str(ROOT / "configs/train/phase2.yaml"), argv[3:-1]), resume=True)
+    (step / "manifest.json").unlink()
+    assert main(argv) == 2
+
+
+SHIPPED_TRAIN_CONFIGS = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SHIPPED_TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_training_config_trains_as_shipped(tmp_path, path):
+    """Only backbone, media size, steps and output folder differ from the file: gradient
+    checkpointing, the schedule, DeepSpeed settings and the rest run as written."""
+    from photon.cli import main
+
+    records = write_records(tmp_path, n=2)
+    shipped = load_train_config(str(path), [])
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(path), "model.backbone=qwen2.5-vl-tiny", f"data.train={records}",
+                 "data.media={ct: {size: [28, 56, 56]}}", "run.max_steps=3", f"run.output_dir={out}"]) == 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * shipped.run.grad_accum
+    assert (out / "checkpoints" / "step-00000003" / "manifest.json").is_file()
+    if shipped.run.phase == 2:
+        # The run's schedule scaled to 3 steps reaches every stage the file configures.
+        assert {"full", "soft"} <= {r["stage"] for r in rows}
+
+
+def test_gradient_checkpointing_recomputes_layers_and_trains_the_same_weights(tmp_path):
+    records = write_records(tmp_path, n=2)
+    common = ["run.max_steps=2", "optim.lr=1e-2", "photon.schedule.soft_start=0", "photon.schedule.hard_start=0",
+              "photon.schedule.flip_start=100", "photon.schedule.robust_prob=0"]
+    plain = config(tmp_path / "plain", records, *common)
+    checkpointed = config(tmp_path / "ckpt", records, *common, "model.gradient_checkpointing=true")
+    run = train(checkpointed)
+    layers = run.model.model.language_model.layers
+    assert all(layer.gradient_checkpointing for layer in layers)
+    train(plain)
+    final = "checkpoints/step-00000002"
+    for name in ("model.safetensors", "photon.safetensors"):
+        a = load_file(str(Path(plain.run.output_dir) / final / name))
+        b = load_file(str(Path(checkpointed.run.output_dir) / final / name))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -9,6 +9,8 @@ from photon.core.hookspecs import hookimpl
 def configure_train(parser):
     parser.add_argument("--config", required=True, help="configs/train/phase1.yaml or phase2.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest exactly")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run already in run.output_dir (log, config, checkpoints) and start again")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. run.max_steps=200 data.train=x.jsonl")
 
 
@@ -18,7 +20,7 @@ def run_train(args):
     # deepspeed's launcher appends --local_rank=N; the environment already carries it.
     overrides = [o for o in args.overrides if not o.startswith("--local_rank")]
     cfg = load_train_config(args.config, overrides)
-    run = train(cfg, resume=args.resume)
+    run = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if run.world.main:
         print(f"trained {run.opt_step} steps ({run.micro_step} forward passes); log: {run.log_path}")
     return 0

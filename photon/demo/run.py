@@ -87,7 +87,7 @@ def train_once(cfg: DemoConfig, label: str, records: Path, extra: list[str]):
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     reset_peak(device)
     started = time.perf_counter()
-    run = train(tc)
+    run = train(tc, overwrite=True)  # the demo owns its run folders: each demo trains afresh
     seconds = time.perf_counter() - started
     return run, seconds, peak_bytes(device)
 

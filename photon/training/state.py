@@ -4,6 +4,7 @@
         trainer_state.json               micro step (drives the schedule), optimiser step, config
         rng/rank-0.json, rank-0.safetensors   every RNG of every rank
         deepspeed/state/                 DeepSpeed's optimiser and LR-scheduler state (ZeRO shards)
+        manifest.json                    SHA-256 of every file above, checked before a resume reads any
     OUT/checkpoints/latest               the name of the newest complete checkpoint
 
 Each rank writes into step-N.partial/; rank 0 renames it once all have finished, so a run
@@ -27,6 +28,9 @@ from photon.core.errors import PhotonError
 from photon.training.distributed import World, barrier
 
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+# What makes an output folder hold a run: a second run there without --resume or --overwrite is refused.
+RUN_FILES = ("log.jsonl", "config.yaml", "checkpoints")
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -104,15 +108,103 @@ def save(
     if world.main:
         photon_checkpoint.write_folder(model, tokenizer, partial, backbone=backbone, state_dict=full_state)
         (partial / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        write_manifest(partial)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
         _write_text_atomic(root / "latest", name)
-        kept = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial"))
-        for old in kept[: max(0, len(kept) - keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_old(root, keep_last, latest_name=name)
     barrier()
     return final
+
+
+def prune_old(root: Path, keep_last: int, *, latest_name: str) -> None:
+    """Keep the `keep_last` newest checkpoints by step; the one `latest` names is never removed,
+    whatever its step (a folder may hold older runs' higher steps)."""
+    others = sorted(
+        (p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial") and p.name != latest_name),
+        key=_step_of,
+    )
+    for old in others[: max(0, len(others) - max(keep_last - 1, 0))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json: the SHA-256 of every file the checkpoint holds (symlinked shards by content)."""
+    files = {str(p.relative_to(folder)): _sha256(p) for p in _files_under(folder)}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"sha256": files}, indent=1, sort_keys=True))
+
+
+def verify_manifest(folder: Path) -> None:
+    """Refuse a checkpoint whose files differ from what its manifest recorded: DeepSpeed unpickles
+    the optimiser state (torch.load with weights_only=False), so a swapped file would run code."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise PhotonError(
+            f"{folder}: no {MANIFEST_FILE}; it was not written by this Photon's trainer (or is incomplete), so "
+            "resuming would unpickle files nobody vouched for. Start a new run from it with model.checkpoint="
+            f"{folder} instead (that reads only safetensors)"
+        )
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PhotonError(f"{path}: not a readable checkpoint manifest ({exc})") from exc
+    present = {str(p.relative_to(folder)) for p in _files_under(folder)}
+    missing = sorted(set(recorded) - present)
+    extra = sorted(present - set(recorded))
+    changed = sorted(name for name in set(recorded) & present if _sha256(folder / name) != recorded[name])
+    problems = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                for label, names in (("changed", changed), ("missing", missing), ("not in the manifest", extra)) if names]
+    if problems:
+        raise PhotonError(f"{folder}: files do not match {MANIFEST_FILE} ({'; '.join(problems)}); refusing to resume from it")
+
+
+def holds_run(output_dir: str | Path) -> list[str]:
+    """The run files already in an output folder (empty when a new run may start there)."""
+    out = Path(output_dir)
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def clear_run(output_dir: str | Path) -> None:
+    """Remove an earlier run's log, config and checkpoints (photon train --overwrite)."""
+    out = Path(output_dir)
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def truncate_log(path: Path, micro_step: int) -> None:
+    """Drop log rows of forward passes at or after `micro_step` (run after the checkpoint, then
+    lost): a resumed run logs them again, so each step appears once."""
+    if not path.is_file():
+        return
+    rows = path.read_text().splitlines()
+    kept = [line for line in rows if line.strip() and json.loads(line).get("step", -1) < micro_step]
+    _write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def latest(output_dir: str | Path) -> Path | None:
@@ -127,7 +219,10 @@ def latest(output_dir: str | Path) -> Path | None:
 
 
 def restore(engine, folder: Path, world: World) -> dict[str, Any]:
-    """Load optimiser, scheduler, module and RNG state; returns trainer_state.json."""
+    """Load optimiser, scheduler, module and RNG state; returns trainer_state.json.
+
+    The manifest is checked first, on every rank, before any file is unpickled."""
+    verify_manifest(folder)
     load_path, _ = engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_module_strict=False)
     if load_path is None:
         raise PhotonError(f"{folder}: DeepSpeed found no state under {folder / 'deepspeed'}")

@@ -205,7 +205,7 @@ def _prepare_model(run: Run) -> None:
     else:
         raise PhotonError(f"run.phase must be 1 or 2, got {cfg.run.phase}")
     if cfg.model.gradient_checkpointing:
-        model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     vision_ids = {id(p) for p in adapter.vision_tower(model).parameters()}
     run.trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -397,23 +397,44 @@ def build_run(cfg: TrainConfig) -> Run:
     return run
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> Run:
+def check_output_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
+    """Before anything loads: a folder that holds a run is continued (--resume) or replaced
+    (--overwrite) only when asked, never silently."""
+    out = Path(cfg.run.output_dir)
+    if resume and overwrite:
+        raise PhotonError("--resume and --overwrite contradict each other; give one")
+    found = checkpoints.holds_run(out)
+    if resume:
+        if checkpoints.latest(out) is None:
+            raise PhotonError(f"--resume: no checkpoint under {checkpoints.checkpoints_dir(out)}; run without --resume to start")
+    elif found and not overwrite:
+        raise PhotonError(
+            f"run.output_dir {out} already holds a run ({', '.join(found)}); pass --resume to continue it, "
+            "--overwrite to delete it and start again, or choose another run.output_dir"
+        )
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Run:
     from tqdm import tqdm
 
+    from photon.training.distributed import barrier
+
+    check_output_dir(cfg, resume=resume, overwrite=overwrite)
     run = build_run(cfg)
     out = Path(cfg.run.output_dir)
+    run.log_path = out / "log.jsonl"
+    if run.world.main and overwrite:
+        checkpoints.clear_run(out)
+    if resume:
+        folder = checkpoints.latest(out)
+        state = checkpoints.restore(run.engine, folder, run.world)
+        run.micro_step, run.opt_step = state["micro_step"], state["opt_step"]
+        if run.world.main:
+            checkpoints.truncate_log(run.log_path, run.micro_step)
     if run.world.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    run.log_path = out / "log.jsonl"
-    if resume:
-        folder = checkpoints.latest(out)
-        if folder is None:
-            raise PhotonError(f"--resume: no checkpoint under {checkpoints.checkpoints_dir(out)}")
-        state = checkpoints.restore(run.engine, folder, run.world)
-        run.micro_step, run.opt_step = state["micro_step"], state["opt_step"]
-    elif run.world.main and run.log_path.exists():
-        run.log_path.unlink()
+    barrier()
     loader = torch.utils.data.DataLoader(
         run.dataset,
         batch_sampler=[indices for _, indices in _bounded(run)],
