@@ -74,12 +74,13 @@ class Asked:
     media: list[Media] = field(default_factory=list)
     media_s: float = 0.0
     baseline: Generated | None = None  # the unpruned model's answer, when asked for
+    prompt: str = ""  # the text the model saw, each run of visual placeholders collapsed (collapse_placeholders)
 
     def as_dict(self) -> dict[str, Any]:
         r = self.result
         report = {
             "answer": r.answer, "backbone": self.backbone, "mode": self.mode, "rule": self.rule, "layer": self.layer,
-            **_counts_and_times(r), "media_s": round(self.media_s, 6),
+            **_counts_and_times(r), "media_s": round(self.media_s, 6), "prompt": self.prompt,
         }
         if self.baseline is not None:
             report["baseline"] = {"answer": self.baseline.answer, **_counts_and_times(self.baseline)}
@@ -203,7 +204,8 @@ def ask(
     media = load_inputs(paths, media_options or default_options(loaded))
     media_s = time.perf_counter() - started
     encoder = loaded.encoder
-    batch = encoder.collate([encoder.encode(question_sample(media, question), train=False)])
+    encoded = encoder.encode(question_sample(media, question), train=False)
+    batch = encoder.collate([encoded])
     runtime = runtime_of(loaded.model)
     unpruned_result = None
     if baseline:
@@ -211,7 +213,10 @@ def ask(
             generate_batch(loaded, batch, 1)
             unpruned_result = generate_batch(loaded, batch, max_new_tokens)[0]
     result = generate_batch(loaded, batch, max_new_tokens)[0]
-    return Asked(result, loaded.backbone, runtime.config.mode, rule_of(loaded.model), runtime.layer, media, media_s, unpruned_result)
+    from photon.adapters.qwen_inputs import collapse_placeholders
+
+    return Asked(result, loaded.backbone, runtime.config.mode, rule_of(loaded.model), runtime.layer, media, media_s,
+                 unpruned_result, collapse_placeholders(encoded.get("prompt", "")))
 
 
 # -- records -> predictions ----------------------------------------------------------------

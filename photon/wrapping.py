@@ -28,6 +28,7 @@ EXAMPLE_FRAMES = 16
 RULES = {
     "zero_shot:mean": "instance-adaptive: keep the visual tokens whose saliency is above this sample's mean",
     "trained": "the trained threshold predictor's theta per sample",
+    "keep=all": "keep every visual token (unpruned; the selection is still computed and recorded)",
 }
 
 
@@ -64,14 +65,37 @@ def local_source(source: str) -> Path | None:
     if Path(source).is_dir():
         return Path(source)
     spec = plugins.backbones().get(source)
-    if spec is None or spec.obj.source is None:
+    hub_id = spec.obj.source if spec is not None else (source if looks_like_hub_id(source) else None)
+    if hub_id is None:
         return None
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(spec.obj.source, local_files_only=True))
+        return Path(snapshot_download(hub_id, local_files_only=True))
     except Exception:
         return None
+
+
+def decoder_layers(source: str) -> int | None:
+    """The decoder's layer count from a registered backbone, or a folder's (or cached hub id's)
+    config.json, without loading weights; None when it cannot be told cheaply."""
+    registered = plugins.backbones().get(source)
+    if registered is not None and registered.obj.num_layers is not None:
+        return registered.obj.num_layers
+    folder = local_source(source)
+    config = folder / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return None
+    raw = json.loads(config.read_text())
+    text = raw.get("text_config") or raw
+    return text.get("num_hidden_layers")
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """owner/name, as the Hugging Face hub names models (not a path that happens to be missing)."""
+    import re
+
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not source.startswith(".")
 
 
 def open_model(
@@ -84,6 +108,7 @@ def open_model(
     dtype: str | None = None,
     attn_implementation: str | None = None,
     pruner: str = "photon",
+    allow_weight_mismatch: bool = False,
 ) -> Opened:
     """Load and wrap: `checkpoint_dir` (a Photon checkpoint or model folder) or `backbone` (a
     registered name or a model folder). Given both, the checkpoint must wrap that backbone."""
@@ -102,9 +127,14 @@ def open_model(
         source = checkpoint_dir
     else:
         source = backbone
-        if source not in plugins.backbones() and not Path(source).is_dir():
+        if source not in plugins.backbones() and not Path(source).is_dir() and not looks_like_hub_id(source):
             backbone_spec(source)  # the error lists the known names
+    from photon.adapters.hub_folder import check_attention
+
+    check_attention(attn_implementation)
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if allow_weight_mismatch:
+        options["allow_weight_mismatch"] = True
     started = time.perf_counter()
     loaded = photon.load(source, mode=mode, overrides=overrides, **options)
     model = loaded.model
@@ -129,11 +159,13 @@ def spec_of(loaded: Loaded):
 
 
 def media_options(loaded: Loaded, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Loader options per modality that fit this model's visual geometry (options_for_backbone),
-    with `overrides` ({modality: {option: value}}) winning: a volume size given explicitly, say."""
+    """Loader options per modality: Photon's defaults for this model's visual geometry
+    (options_for_backbone), then what the model folder's processor configs say (image and video
+    pixel limits, frame sampling), then `overrides` ({modality: {option: value}}), which win."""
     options = options_for_backbone(spec_of(loaded))
-    for name, given in (overrides or {}).items():
-        options[name] = {**options.get(name, {}), **dict(given)}
+    for layer in (loaded.media_defaults, overrides or {}):
+        for name, given in layer.items():
+            options[name] = {**options.get(name, {}), **dict(given)}
     return options
 
 

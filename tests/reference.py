@@ -68,3 +68,23 @@ def reference_logits(model, text_model, captured: dict, keep: torch.Tensor, laye
             hidden = hidden.clone()
             hidden[visual_pos] = hidden[visual_pos] + deepstack[i].to(hidden.dtype)
     return model.lm_head(text_model.norm(hidden))
+
+
+@torch.no_grad()
+def reference_greedy(model, text_model, inputs: dict, keep: torch.Tensor, layer: int, *, evict_all: bool, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation (B, max_new_tokens) computed by the stock layers alone, with Photon's
+    visibility rules (reference_logits) over the growing sequence. Run on a detached model."""
+    prompt_len = inputs["input_ids"].shape[1]
+    sequences = inputs["input_ids"]
+    for _ in range(max_new_tokens):
+        grown = sequences.shape[1] - prompt_len
+        full = dict(inputs, input_ids=sequences)
+        if "attention_mask" in inputs:
+            full["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(sequences[:, prompt_len:])], 1)
+        if "mm_token_type_ids" in inputs:
+            full["mm_token_type_ids"] = torch.cat(
+                [inputs["mm_token_type_ids"], torch.zeros(sequences.shape[0], grown, dtype=inputs["mm_token_type_ids"].dtype)], 1)
+        captured = capture_text_inputs(model, text_model, full)
+        logits = reference_logits(model, text_model, captured, keep, layer, evict_all=evict_all, prompt_len=prompt_len)
+        sequences = torch.cat([sequences, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return sequences[:, prompt_len:]

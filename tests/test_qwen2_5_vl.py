@@ -46,7 +46,7 @@ def test_keep_all_equals_stock_logits_and_generate(attn, ragged_samples):
     assert torch.equal(tokens, stock_tokens)
     records = photon.last_selection(model)
     assert [r["n_visual"] for r in records] == [12, 8, 12]
-    assert all(0 < r["n_kept"] < r["n_visual"] for r in records)  # a selection ran, nothing was dropped
+    assert all(0 < r["selected"] < r["n_visual"] == r["n_kept"] for r in records)  # a selection ran, nothing was dropped
     photon.detach(model)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, stock_logits)

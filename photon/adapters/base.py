@@ -29,6 +29,7 @@ class BackboneSpec:
     temporal_patch_size: int = 2
     volume_input: tuple[int, int, int] | None = None  # (D, H, W) the Photon 3D embedding expects
     volume_patch: tuple[int, int, int] | None = None  # (kd, kh, kw) of the Photon 3D embedding
+    num_layers: int | None = None  # decoder layers, so options can be checked before loading
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,3 +112,6 @@ class Loaded:
     encoder: Any  # photon.adapters.qwen_inputs.QwenEncoder (SampleEncoder protocol)
     backbone: str
     photon: dict[str, Any] | None = None  # {"layer": l, "state": pruner state dict, ...} from a checkpoint
+    # Loader options the folder's processor configs imply ({"frames": {...}, "video": {...}}):
+    # over Photon's defaults, under the user's own (photon.wrapping.media_options).
+    media_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)

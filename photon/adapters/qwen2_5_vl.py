@@ -20,6 +20,7 @@ from photon.core import its
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
 
+IM_START_ID = 151644
 IM_END_ID = 151645
 FAMILY = "qwen2.5-vl"
 # The released Photon checkpoints hold the threshold MLP under this prefix (transformers 4.51 names).
@@ -94,7 +95,7 @@ class Qwen25VLAdapter:
 
     def instruction_mask(self, input_ids):
         exclude = (self.visual_kinds(input_ids) > 0) | (input_ids == self.vision_start_id)
-        return its.instruction_mask(input_ids, self.vision_end_id, self.im_end_id, exclude=exclude)
+        return its.instruction_mask(input_ids, self.vision_end_id, self.im_end_id, exclude=exclude, im_start_id=IM_START_ID)
 
     def split_extras(self, kwargs):
         return None, kwargs
@@ -183,6 +184,7 @@ def load_tiny(
     attn_implementation: str = "sdpa",
     volume_embedding: str | None = None,
     dtype: torch.dtype | None = None,
+    allow_weight_mismatch: bool = False,  # accepted like the folder loaders': built in memory, nothing to mismatch
     **text_overrides,
 ) -> Loaded:
     """The real architecture, small and random: seeded, offline, for tests and the demo."""
@@ -242,50 +244,46 @@ def load_pretrained(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     backbone: str | None = None,
+    allow_weight_mismatch: bool = False,
 ) -> Loaded:
-    """A hub id or a local folder: the stock model, its tokenizer, and Photon weights if present."""
+    """A hub id or a local folder: the stock model, its tokenizer, chat template and processor
+    limits, and Photon weights if present.
+
+    The released Photon checkpoints' names (transformers 4.51, `visual.vision_patch_embed`) are
+    mapped to the stock ones; any weight the folder lacks or the model does not know is an error
+    unless allow_weight_mismatch.
+    """
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    from photon.adapters import hub_folder
     from photon.adapters.qwen_inputs import QwenEncoder
 
-    folder = Path(source)
-    if not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(source))
-        except Exception as exc:
-            raise PhotonError(
-                f"cannot fetch {source!r} ({type(exc).__name__}: {exc}); download it where there is network and "
-                "pass the local folder instead"
-            ) from exc
-    raw = read_config(folder)
-    config = Qwen2_5_VLConfig(**raw)
+    hub_folder.check_attention(attn_implementation)
+    folder = hub_folder.resolve(source, alias=backbone)
+    config = Qwen2_5_VLConfig(**read_config(folder))
     if attn_implementation:
         config._attn_implementation = attn_implementation
-    # The released checkpoints carry the threshold MLP (read by photon_weights) and an unused
-    # pos_proj under `atp.`; tell transformers they are expected so its load report stays clean.
-    ignored = Qwen2_5_VLForConditionalGeneration._keys_to_ignore_on_load_unexpected
-    Qwen2_5_VLForConditionalGeneration._keys_to_ignore_on_load_unexpected = [*(ignored or []), r"\.atp\."]
-    try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            folder, config=config, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-    finally:
-        Qwen2_5_VLForConditionalGeneration._keys_to_ignore_on_load_unexpected = ignored
+    hub_folder.check_tokenizer_files(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    hub_folder.check_token_ids(folder, tokenizer, config)
+    hub_folder.check_shards(folder)
+    model = hub_folder.load_weights(
+        Qwen2_5_VLForConditionalGeneration, folder, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+        strict=not allow_weight_mismatch, key_mapping=hub_folder.RELEASE_KEY_MAPPING,
+        ignore_unexpected=hub_folder.RELEASE_EXTRA_KEYS,
+    )
     if device is not None:
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    processor_config = {}
-    for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
-        if (folder / name).is_file():
-            processor_config = {**json.loads((folder / name).read_text()), **processor_config}
+    vision = model.config.vision_config
+    image_config, _ = hub_folder.processor_configs(folder)
     return Loaded(
         model=model,
-        encoder=QwenEncoder(tokenizer, geometry_for(model, processor_config)),
+        encoder=QwenEncoder(tokenizer, geometry_for(model, image_config), template=hub_folder.chat_template(folder)),
         backbone=backbone or str(source),
         photon=photon_weights(folder),
+        media_defaults=hub_folder.media_defaults(folder, patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                                 total_video_budget=False),
     )
 
 
@@ -314,18 +312,18 @@ def _spec(name, source, description, load, **geometry) -> BackboneSpec:
     )
 
 
-PHOTON_VOLUME = dict(volume_input=(140, 280, 280), volume_patch=(14, 14, 14))
+PHOTON_VOLUME = dict(volume_input=(140, 280, 280), volume_patch=(14, 14, 14), num_layers=36)
 
 
 @hookimpl
 def register_backbones(register):
     register("qwen2.5-vl-3b", _spec("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B Instruct",
-                                    _hub_loader("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2.5-vl-3b"), volume_input=(140, 280, 280)))
+                                    _hub_loader("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2.5-vl-3b"), volume_input=(140, 280, 280), num_layers=36))
     register("qwen2.5-vl-7b", _spec("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B Instruct",
-                                    _hub_loader("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"), volume_input=(140, 280, 280)))
+                                    _hub_loader("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"), volume_input=(140, 280, 280), num_layers=28))
     register("photon-s1", _spec("photon-s1", "Alibaba-DAMO-Academy/Photon-S1", "Photon-S1 (Qwen2.5-VL 3B, 3D patch embedding)",
                                 _hub_loader("Alibaba-DAMO-Academy/Photon-S1", "photon-s1"), **PHOTON_VOLUME))
     register("photon-s2", _spec("photon-s2", "Alibaba-DAMO-Academy/Photon-S2", "Photon-S2 (Qwen2.5-VL 3B, 3D patch embedding)",
                                 _hub_loader("Alibaba-DAMO-Academy/Photon-S2", "photon-s2"), **PHOTON_VOLUME))
     register("qwen2.5-vl-tiny", _spec("qwen2.5-vl-tiny", None, "Qwen2.5-VL architecture, 8 layers x 64 wide, random seeded weights (offline; answers are meaningless)",
-                                      load_tiny, volume_input=(28, 112, 112)))
+                                      load_tiny, volume_input=(28, 112, 112), num_layers=TINY_TEXT["num_hidden_layers"]))

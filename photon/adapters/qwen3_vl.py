@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from photon.adapters.base import BackboneSpec, Loaded
-from photon.adapters.qwen2_5_vl import IM_END_ID, inflate_rgb_kernel, photon_weights
+from photon.adapters.qwen2_5_vl import IM_END_ID, IM_START_ID, inflate_rgb_kernel, photon_weights
 from photon.core import its
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
@@ -140,7 +140,7 @@ def instruction_tokens(input_ids, image_id, video_id, vision_start_id, vision_en
         | (input_ids == vision_start_id)
         | timestamp_mask(input_ids, vision_start_id)
     )
-    return its.instruction_mask(input_ids, vision_end_id, im_end_id, exclude=exclude)
+    return its.instruction_mask(input_ids, vision_end_id, im_end_id, exclude=exclude, im_start_id=IM_START_ID)
 
 
 class Qwen3VLAdapter:
@@ -263,7 +263,7 @@ def chat_format():
     return ChatFormat(default_system=None, frame_timestamps=True)
 
 
-def encoder_for(model, tokenizer, processor_config: dict | None = None):
+def encoder_for(model, tokenizer, processor_config: dict | None = None, template: str | None = None):
     from photon.adapters.qwen_inputs import QwenEncoder
 
     chat = chat_format()
@@ -277,7 +277,7 @@ def encoder_for(model, tokenizer, processor_config: dict | None = None):
         vision_end_id=ids(chat.vision_end),
         im_end_id=ids(chat.im_end),
     )
-    return QwenEncoder(tokenizer, geometry_for(model, processor_config), chat, instructions)
+    return QwenEncoder(tokenizer, geometry_for(model, processor_config), chat, instructions, template=template)
 
 
 def tiny_config(attn_implementation: str = "sdpa", **text_overrides):
@@ -298,6 +298,7 @@ def load_tiny(
     attn_implementation: str = "sdpa",
     volume_embedding: str | None = None,
     dtype: torch.dtype | None = None,
+    allow_weight_mismatch: bool = False,  # accepted like the folder loaders': built in memory, nothing to mismatch
     **text_overrides,
 ) -> Loaded:
     """The real Qwen3-VL architecture, small and random: seeded, offline, for tests and the demo."""
@@ -316,21 +317,6 @@ def load_tiny(
     return Loaded(model=model, encoder=encoder_for(model, qwen3_tokenizer()), backbone="qwen3-vl-tiny")
 
 
-def _local_folder(source: str) -> Path:
-    folder = Path(source)
-    if folder.is_dir():
-        return folder
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(source))
-    except Exception as exc:
-        raise PhotonError(
-            f"cannot fetch {source!r} ({type(exc).__name__}: {exc}); download it where there is network and "
-            "pass the local folder instead"
-        ) from exc
-
-
 def load_pretrained(
     source: str,
     *,
@@ -340,23 +326,37 @@ def load_pretrained(
     trust_remote_code: bool = False,
     volume_embedding: str | None = None,
     backbone: str | None = None,
+    allow_weight_mismatch: bool = False,
 ) -> Loaded:
-    """A hub id or a local folder: the stock model, its tokenizer, and Photon weights if present.
+    """A hub id or a local folder: the stock model, its tokenizer, chat template and processor
+    limits, and Photon weights if present.
 
     volume_embedding ("inflate" | "random") installs the Photon 3D patch embedding on a
     checkpoint that still has Qwen's RGB one (phase 1 then trains it).
     """
-    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer, Qwen3VLForConditionalGeneration
 
-    folder = _local_folder(source)
+    from photon.adapters import hub_folder
+
+    hub_folder.check_attention(attn_implementation)
+    folder = hub_folder.resolve(source, alias=backbone)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise PhotonError(f"{folder}: no config.json; expected a Qwen3-VL checkpoint folder")
-    model_type = json.loads(config_path.read_text()).get("model_type")
+    model_type = hub_folder.read_json(config_path).get("model_type")
     if model_type != MODEL_TYPE:
         raise PhotonError(f"{config_path}: model_type is {model_type!r}; the Qwen3-VL adapter reads {MODEL_TYPE!r}")
-    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **options)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    hub_folder.check_tokenizer_files(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    hub_folder.check_token_ids(folder, tokenizer, config)
+    hub_folder.check_shards(folder)
+    model = hub_folder.load_weights(
+        Qwen3VLForConditionalGeneration, folder, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+        strict=not allow_weight_mismatch, ignore_unexpected=hub_folder.RELEASE_EXTRA_KEYS,
+    )
     if volume_embedding:
         if model.config.vision_config.in_channels == 1:
             raise PhotonError(f"{folder}: the checkpoint already has a 1-channel (Photon 3D) patch embedding")
@@ -364,16 +364,15 @@ def load_pretrained(
     if device is not None:
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    processor_config = {}
-    for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
-        if (folder / name).is_file():
-            processor_config = {**json.loads((folder / name).read_text()), **processor_config}
+    vision = model.config.vision_config
+    image_config, _ = hub_folder.processor_configs(folder)
     return Loaded(
         model=model,
-        encoder=encoder_for(model, tokenizer, processor_config),
+        encoder=encoder_for(model, tokenizer, image_config, template=hub_folder.chat_template(folder)),
         backbone=backbone or str(source),
         photon=photon_weights(folder),
+        media_defaults=hub_folder.media_defaults(folder, patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                                 total_video_budget=True),
     )
 
 
@@ -385,7 +384,7 @@ def _load_2b(source: str | None = None, **options) -> Loaded:
     return load_pretrained(source or "Qwen/Qwen3-VL-2B-Instruct", backbone="qwen3-vl-2b", **options)
 
 
-def _spec(name, source, description, load, volume_input) -> BackboneSpec:
+def _spec(name, source, description, load, volume_input, num_layers) -> BackboneSpec:
     return BackboneSpec(
         name=name,
         family=FAMILY,
@@ -399,11 +398,12 @@ def _spec(name, source, description, load, volume_input) -> BackboneSpec:
         merge_size=2,
         temporal_patch_size=2,
         volume_input=volume_input,
+        num_layers=num_layers,
     )
 
 
 @hookimpl
 def register_backbones(register):
-    register("qwen3-vl-2b", _spec("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "Qwen3-VL 2B Instruct", _load_2b, VOLUME_INPUT))
+    register("qwen3-vl-2b", _spec("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "Qwen3-VL 2B Instruct", _load_2b, VOLUME_INPUT, 28))
     register("qwen3-vl-tiny", _spec("qwen3-vl-tiny", None, "Qwen3-VL architecture, 8 layers x 64 wide, 3 DeepStack injections, random seeded weights (offline; answers are meaningless)",
-                                    load_tiny, (32, 128, 128)))
+                                    load_tiny, (32, 128, 128), TINY_TEXT["num_hidden_layers"]))

@@ -175,17 +175,21 @@ class QwenEncoder:
         geometry: VisualGeometry,
         chat: ChatFormat | None = None,
         instructions: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        template: str | None = None,
     ):
         """instructions(input_ids) -> (B, L) bool: the batch's instruction mask, when the backbone's
-        adapter reads a different one than "after a vision block, before <|im_end|>"."""
+        adapter reads a different one than "after a vision block, before <|im_end|>".
+        template: the model folder's Jinja chat template; None writes the built-in Qwen format."""
         self.tokenizer = tokenizer
         self.geometry = geometry
         self.chat = chat or ChatFormat()
         self.instructions = instructions
+        self.template = template
         ids = tokenizer.convert_tokens_to_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids("<|endoftext|>")
         self.image_id, self.video_id = ids(self.chat.image_pad), ids(self.chat.video_pad)
         self.vision_end_id, self.im_end_id = ids(self.chat.vision_end), ids(self.chat.im_end)
+        self.im_start_id = ids(self.chat.im_start)
         self.vision_start_id = ids(self.chat.vision_start)
 
     # -- one sample -------------------------------------------------------------------
@@ -195,33 +199,16 @@ class QwenEncoder:
         packed = [pack_media(m, self.geometry) for m in sample.media]
         if not train and messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
-        pieces: list[tuple[str, bool]] = []  # (text, is_label)
-        if self.chat.default_system is not None and (not messages or messages[0]["role"] != "system"):
-            pieces.append((f"{self.chat.im_start}system\n{self.chat.default_system}{self.chat.im_end}\n", False))
-        media_iter = iter(packed)
-        n_tags = 0
-        for message in messages:
-            role, content = message["role"], message["content"]
-            if role == "assistant":
-                pieces.append((f"{self.chat.im_start}assistant\n", False))
-                pieces.append((f"{content}{self.chat.im_end}", True))
-                pieces.append(("\n", False))
-                continue
-
-            def expand(match, _source=getattr(sample, "id", "?")):
-                nonlocal n_tags
-                n_tags += 1
-                item = next(media_iter, None)
-                if item is None:
-                    raise PhotonError(f"record {_source}: more <image>/<video> tags than media")
-                return self.chat.visual_block(item)
-
-            text = MEDIA_TAG.sub(expand, content)
-            pieces.append((f"{self.chat.im_start}{role}\n{text}{self.chat.im_end}\n", False))
+        source = getattr(sample, "id", "?")
+        n_tags = sum(len(MEDIA_TAG.findall(m["content"])) for m in messages if m["role"] != "assistant")
+        if n_tags > len(packed):
+            raise PhotonError(f"record {source}: more <image>/<video> tags than media")
         if n_tags != len(packed):
-            raise PhotonError(f"record {getattr(sample, 'id', '?')}: {len(packed)} media but {n_tags} tags")
-        if not train:
-            pieces.append((f"{self.chat.im_start}assistant\n", False))
+            raise PhotonError(f"record {source}: {len(packed)} media but {n_tags} tags")
+        if self.template is not None:
+            pieces = self._template_pieces(messages, packed, train=train, source=source)
+        else:
+            pieces = self._builtin_pieces(messages, packed, train=train)
         input_ids: list[int] = []
         labels: list[int] = []
         for text, is_label in pieces:
@@ -234,7 +221,97 @@ class QwenEncoder:
             "input_ids": ids_t,
             "labels": torch.tensor(labels, dtype=torch.long),
             "visuals": packed,
+            "prompt": "".join(text for text, _ in pieces),
         }
+
+    def _builtin_pieces(self, messages: list[dict], packed: list[PackedVisual], *, train: bool) -> list[tuple[str, bool]]:
+        """The Qwen chat format written out (the offline tiny backbones, whose folders have no template)."""
+        chat = self.chat
+        pieces: list[tuple[str, bool]] = []  # (text, is_label)
+        if chat.default_system is not None and (not messages or messages[0]["role"] != "system"):
+            pieces.append((f"{chat.im_start}system\n{chat.default_system}{chat.im_end}\n", False))
+        media_iter = iter(packed)
+        for message in messages:
+            role, content = message["role"], message["content"]
+            if role == "assistant":
+                pieces.append((f"{chat.im_start}assistant\n", False))
+                pieces.append((f"{content}{chat.im_end}", True))
+                pieces.append(("\n", False))
+                continue
+            text = MEDIA_TAG.sub(lambda _: chat.visual_block(next(media_iter)), content)
+            pieces.append((f"{chat.im_start}{role}\n{text}{chat.im_end}\n", False))
+        if not train:
+            pieces.append((f"{chat.im_start}assistant\n", False))
+        return pieces
+
+    def _template_pieces(self, messages: list[dict], packed: list[PackedVisual], *, train: bool, source: Any) -> list[tuple[str, bool]]:
+        """The folder's own chat template, rendered as the processor renders it: one placeholder
+        per medium, then each placeholder expanded to the medium's visual block. Labels cover each
+        assistant turn's text up to its <|im_end|>, found by rendering the conversation up to the
+        turn with and without it."""
+        media_iter = iter(packed)
+        structured = []
+        for message in messages:
+            content = message["content"]
+            if message["role"] != "assistant" and MEDIA_TAG.search(content):
+                parts: list[dict] = []
+                for piece in re.split(r"(<(?:image|video)>)", content):
+                    if MEDIA_TAG.fullmatch(piece):
+                        parts.append({"type": next(media_iter).kind})
+                    elif piece:
+                        parts.append({"type": "text", "text": piece})
+                content = parts
+            structured.append({"role": message["role"], "content": content})
+
+        def render(upto: int, generation_prompt: bool) -> str:
+            return self.tokenizer.apply_chat_template(
+                structured[:upto], chat_template=self.template, tokenize=False, add_generation_prompt=generation_prompt
+            )
+
+        pieces: list[tuple[str, bool]] = []
+        done = ""
+        for i, message in enumerate(structured):
+            if message["role"] != "assistant":
+                continue
+            head, full = render(i, True), render(i + 1, False)
+            if not (head.startswith(done) and full.startswith(head)):
+                raise PhotonError(
+                    f"record {source}: the chat template does not render a conversation as a prefix of its continuation; "
+                    "Photon cannot place the answer labels with it"
+                )
+            body = full[len(head):]
+            cut = body.rfind(self.chat.im_end)
+            cut = len(body) if cut < 0 else cut + len(self.chat.im_end)
+            pieces += [(head[len(done):], False), (body[:cut], True), (body[cut:], False)]
+            done = full
+        final = render(len(structured), not train)
+        if not final.startswith(done):
+            raise PhotonError(f"record {source}: the chat template renders the prompt inconsistently; cannot encode it")
+        pieces.append((final[len(done):], False))
+        return self._expand_placeholders(pieces, packed, source)
+
+    def _expand_placeholders(self, pieces: list[tuple[str, bool]], packed: list[PackedVisual], source: Any) -> list[tuple[str, bool]]:
+        chat = self.chat
+        placeholder = re.compile(re.escape(chat.vision_start) + "(" + re.escape(chat.image_pad) + "|"
+                                 + re.escape(chat.video_pad) + ")" + re.escape(chat.vision_end))
+        media_iter = iter(packed)
+        expanded = []
+        found = 0
+
+        def block(_match):
+            nonlocal found
+            found += 1
+            item = next(media_iter, None)
+            if item is None:
+                raise PhotonError(f"record {source}: the chat template wrote more visual placeholders than the record has media")
+            return chat.visual_block(item)
+
+        for text, is_label in pieces:
+            expanded.append((text if is_label else placeholder.sub(block, text), is_label))
+        if found != len(packed):
+            raise PhotonError(f"record {source}: the chat template placed {found} of {len(packed)} media; "
+                              "it does not render image/video content items as <|vision_start|>...<|vision_end|>")
+        return expanded
 
     # -- a batch --------------------------------------------------------------------
     def collate(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:
@@ -260,6 +337,7 @@ class QwenEncoder:
             "instruction_mask": self.instructions(input_ids) if self.instructions else instruction_mask(
                 input_ids, self.vision_end_id, self.im_end_id,
                 exclude=(mm_token_type_ids > 0) | (input_ids == self.vision_start_id),  # as the adapters do
+                im_start_id=self.im_start_id,
             ),
             "ids": [e.get("id") for e in encoded],
         }
@@ -271,6 +349,15 @@ class QwenEncoder:
                 if kind == "video" and not self.chat.frame_timestamps:
                     batch["second_per_grid_ts"] = torch.tensor([v.second_per_grid for v in items])
         return batch
+
+
+PLACEHOLDER_RUN = re.compile(r"(<\|(?:image|video)_pad\|>)\1*")
+
+
+def collapse_placeholders(text: str) -> str:
+    """The prompt as a person reads it: each run of <|image_pad|> / <|video_pad|> becomes one
+    marker with its count, e.g. <|video_pad|>*1000."""
+    return PLACEHOLDER_RUN.sub(lambda m: f"{m.group(1)}*{len(m.group(0)) // len(m.group(1))}", text)
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from photon.core.hookspecs import hookimpl
 
 
 def configure(parser):
-    parser.add_argument("file", nargs="?", help="a YAML under configs/ (default: the built-in Photon defaults)")
+    parser.add_argument("file", nargs="?", help="a YAML under configs/ or your own (a training config when it has run/model/"
+                                                "data/optim sections); default: the built-in Photon defaults")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. selection.tau=0.1")
 
 
@@ -18,7 +19,12 @@ def run(args):
     file, overrides = args.file, list(args.overrides)
     if file is not None and "=" in file:  # only overrides were given
         file, overrides = None, [file, *overrides]
-    cfg = load_config(file, overrides, schema_for(file)) if file is not None else load_config(None, overrides)
+    schema = schema_for(file) if file is not None else None
+    cfg = load_config(file, overrides, schema) if file is not None else load_config(None, overrides)
+    from photon.training.config import TrainConfig, check_train_config
+
+    if schema is TrainConfig:
+        check_train_config(cfg)
     print(OmegaConf.to_yaml(cfg), end="")
     return 0
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from photon.core.config import SelectionConfig, load_config
+from photon.core.config import SelectionConfig, check_selection, load_config
 from photon.core.errors import PhotonError
 from photon.inference import DEFAULT_MAX_NEW_TOKENS
 from photon.modalities.config import DataConfig
-from photon.wrapping import Opened, media_options, open_model
+from photon.wrapping import Opened, decoder_layers, media_options, open_model
 
 MODALITIES = ("ct", "frames", "video")
 
@@ -37,7 +37,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                        help="cast the model after loading (default: as stored)")
-    model.add_argument("--attn", dest="attn_implementation", help="attention implementation: sdpa, eager, flash_attention_2")
+    model.add_argument("--attn", dest="attn_implementation", choices=("sdpa", "eager", "flash_attention_2"),
+                       help="attention implementation: sdpa (default), eager, flash_attention_2 (needs the flash extra)")
+    model.add_argument("--allow-weight-mismatch", action="store_true",
+                       help="load a folder whose weights lack some of the model's or hold unknown ones (left random / "
+                            "dropped, with a warning); by default that is an error naming the keys")
     model.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                        help=f"answer length limit; decoding is greedy (default {DEFAULT_MAX_NEW_TOKENS})")
 
@@ -80,7 +84,26 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise PhotonError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     loader_overrides(args)
-    selection_overrides(args)
+    check_selection(selection_overrides(args), "selection")
+    for flag, value in (("--keep-ratio", args.keep_ratio), ("--theta", args.theta)):
+        if value is not None and value != value:
+            raise PhotonError(f"{flag} nan: expected a number")
+    if args.keep_ratio is not None and args.theta is not None:
+        raise PhotonError(f"--keep-ratio {args.keep_ratio} and --theta {args.theta} both choose the kept tokens; give one")
+    if args.layer is not None:
+        check_layer(args.layer, args.checkpoint or args.backbone)
+
+
+def check_layer(layer: int, source: str | None) -> None:
+    """--layer within the model's decoder, read from its config without loading the weights."""
+    if source is None:
+        return
+    count = decoder_layers(source)
+    if count is not None and not 0 <= layer <= count - 2:
+        raise PhotonError(
+            f"--layer {layer} is outside {source}'s {count} decoder layers: choose 0..{count - 2} "
+            "(its output is pruned, so the last layer would save nothing)"
+        )
 
 
 def open_from(args: argparse.Namespace) -> tuple[Opened, dict[str, dict[str, Any]]]:
@@ -94,5 +117,6 @@ def open_from(args: argparse.Namespace) -> tuple[Opened, dict[str, dict[str, Any
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
         pruner=args.pruner,
+        allow_weight_mismatch=args.allow_weight_mismatch,
     )
     return opened, media_options(opened.loaded, loader_overrides(args))

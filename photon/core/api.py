@@ -167,17 +167,20 @@ def load(
     if name is not None:
         spec = backbone_spec(name)
         loaded = spec.load(None if source == name else source, **options)
-    elif Path(source).is_dir():
-        raw = Path(source) / "config.json"
+    else:
+        from photon.adapters.hub_folder import read_json, resolve
+
+        folder = resolve(source)  # a local folder, or a hub id through the Hugging Face cache
+        raw = folder / "config.json"
         if not raw.is_file():
             raise PhotonError(f"{source}: no config.json; expected a Qwen-VL checkpoint folder or a Photon checkpoint")
-        import json
-
-        loaded = spec_for_model_type(json.loads(raw.read_text()).get("model_type")).load_folder(source, **options)
-    else:
-        raise PhotonError(f"{source!r} is neither a registered backbone ({', '.join(sorted(plugins.backbones()))}) nor a folder")
+        label = {} if Path(source).is_dir() else {"backbone": source}
+        loaded = spec_for_model_type(read_json(raw).get("model_type")).load_folder(str(folder), **label, **options)
     weights = loaded.photon
     overrides = {**({"layer": weights["layer"]} if weights else {}), **overrides}
+    if weights is None and mode is None and is_photon_embedding(loaded.model) and not _SELECTING.intersection(overrides):
+        # Photon-S1 (3D embedding, no threshold predictor): the authors evaluate it unpruned.
+        overrides["keep"] = "all"
     attach(
         loaded.model,
         backbone=name,
@@ -186,3 +189,12 @@ def load(
         **overrides,
     )
     return loaded
+
+
+# Overrides that ask for a selection, so a model without a predictor still prunes when given one.
+_SELECTING = {"keep", "keep_ratio", "theta", "rule"}
+
+
+def is_photon_embedding(model) -> bool:
+    """The model takes volumes through Photon's grey 3D patch embedding (Photon-S1/S2, phase-1 output)."""
+    return getattr(model.config.vision_config, "in_channels", 3) == 1

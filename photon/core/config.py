@@ -90,6 +90,36 @@ class PhotonConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
 
+def check_selection(selection: Any, where: str = "selection") -> None:
+    """Values of a SelectionConfig (or a dict of its fields) a run could not use, named with what is
+    allowed: checked before any model loads."""
+    get = selection.get if isinstance(selection, dict) else lambda k, d=None: getattr(selection, k, d)
+
+    def bad(key: str, allowed: str) -> PhotonError:
+        return PhotonError(f"{where}.{key}={get(key)!r}: expected {allowed}")
+
+    ratio, theta = get("keep_ratio"), get("theta")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):  # NaN fails this too
+        raise bad("keep_ratio", "a fraction in (0, 1]")
+    if theta is not None and not (isinstance(theta, (int, float)) and 0 <= theta <= 1):
+        raise bad("theta", "a threshold on normalised saliency in [0, 1]")
+    if ratio is not None and theta is not None:
+        raise PhotonError(f"{where}: keep_ratio={ratio} and theta={theta} both choose the kept tokens; give one")
+    choices = {"mode": ("trained", "zero_shot"), "rule": ("mean", "theta", "keep_ratio"), "cache": ("evict_all", "keep_early"),
+               "keep": (None, "all")}
+    for key, allowed in choices.items():
+        if get(key, allowed[0]) not in allowed:
+            raise bad(key, " or ".join(str(a) for a in allowed))
+    if get("min_keep", 1) is not None and get("min_keep", 1) < 1:
+        raise bad("min_keep", "at least 1")
+    tau = get("tau", 0.2)
+    if tau is not None and not tau > 0:
+        raise bad("tau", "a temperature above 0")
+    layer = get("layer")
+    if layer is not None and layer < -1:
+        raise bad("layer", "a decoder layer index (0-based), or -1 before the first layer")
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -116,6 +146,10 @@ def load_config(
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         except Exception as exc:
             raise PhotonError(f"config override {' '.join(overrides)}: {exc}") from exc
+    if schema is not None and "selection" in merged:
+        check_selection(OmegaConf.to_container(merged.selection), "selection")
+    if schema is not None and "photon" in merged and "selection" in merged.photon:
+        check_selection(OmegaConf.to_container(merged.photon.selection), "photon.selection")
     return merged
 
 
@@ -137,11 +171,28 @@ def schema_for(path: str | Path) -> Any:
     """The structured schema for a YAML under configs/, chosen by its folder."""
     import importlib
 
-    folder = Path(path).resolve().parent.name
-    if folder not in SCHEMAS_BY_FOLDER:
-        raise PhotonError(f"{path}: no config schema for folder {folder!r}; known: {', '.join(SCHEMAS_BY_FOLDER)}")
-    target = SCHEMAS_BY_FOLDER[folder]
+    path = Path(path)
+    if not path.is_file():
+        raise PhotonError(f"config file {path} does not exist")
+    folder = path.resolve().parent.name
+    target = SCHEMAS_BY_FOLDER[folder] if folder in SCHEMAS_BY_FOLDER else _schema_by_content(path)
     if target is None:
         return None
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _schema_by_content(path: Path) -> str | None:
+    """A user's own YAML outside configs/: a training config when it has a training section
+    (run, model, data, optim, deepspeed), DeepSpeed's own when it sets zero_optimization, else
+    Photon's method config."""
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as exc:
+        raise PhotonError(f"config file {path}: not readable YAML ({exc})") from exc
+    keys = set(raw) if isinstance(raw, dict) else set()
+    if keys & {"run", "model", "data", "optim", "deepspeed"}:
+        return SCHEMAS_BY_FOLDER["train"]
+    if keys & {"zero_optimization", "train_micro_batch_size_per_gpu", "bf16", "fp16"}:
+        return None
+    return SCHEMAS_BY_FOLDER["configs"]

@@ -19,13 +19,19 @@ def instruction_mask(
     im_end_id: int,
     *,
     exclude: torch.Tensor | None = None,
+    im_start_id: int | None = None,
+    header: int = 2,
 ) -> torch.Tensor:
-    """Positions strictly after each vision-end token and before the next im-end token.
+    """Positions strictly after each vision-end token and before the next im-end token (the
+    release's rule, spec section 3).
 
     exclude: (B, L) bool of positions that are never instruction (visual tokens inside a
     later visual block, Qwen3-VL's timestamp text between frame blocks).
+    im_start_id: when given, a turn whose media are followed by nothing ("What moves?<video>")
+    takes its own text tokens instead: every non-excluded token of the turn after
+    <|im_start|> and its `header` role tokens ("user", "\n"), before its <|im_end|>.
     """
-    L = input_ids.shape[1]
+    B, L = input_ids.shape
     positions = torch.arange(L, device=input_ids.device).expand_as(input_ids)
     is_vision_end = input_ids == vision_end_id
     is_im_end = input_ids == im_end_id
@@ -34,7 +40,18 @@ def instruction_mask(
     mask = (last_vision_end > last_im_end) & ~is_vision_end & ~is_im_end
     if exclude is not None:
         mask &= ~exclude.bool()
-    return mask
+    if im_start_id is None:
+        return mask
+    is_im_start = input_ids == im_start_id
+    turn = is_im_start.long().cumsum(dim=1)  # 0 before the first turn
+    after_media = torch.zeros(B, L + 1, dtype=torch.long, device=input_ids.device).scatter_add_(1, turn, mask.long())
+    has_media = torch.zeros(B, L + 1, dtype=torch.long, device=input_ids.device).scatter_add_(1, turn, is_vision_end.long())
+    question_first = ((has_media > 0) & (after_media == 0)).gather(1, turn) & (turn > 0)
+    turn_start = torch.where(is_im_start, positions, -1).cummax(dim=1).values
+    inside = (positions > turn_start + header) & (last_im_end < turn_start) & ~is_vision_end & ~is_im_end
+    if exclude is not None:
+        inside &= ~exclude.bool()
+    return mask | (question_first & inside)
 
 
 @torch.no_grad()

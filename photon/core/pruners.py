@@ -96,6 +96,8 @@ class PhotonPruner(nn.Module):
 
     def rule(self) -> str:
         c = self.config
+        if c.keep == "all":
+            return "keep=all"
         if c.keep_ratio is not None:
             return f"keep_ratio={c.keep_ratio:g}"
         if c.theta is not None:

@@ -116,6 +116,9 @@ class PhotonRuntime:
     # -- selection records ---------------------------------------------------------------
     def _record(self, selection: Selection, vision: torch.Tensor, keep_visual: torch.Tensor) -> None:
         grids = self._inputs.get("grids") or [[] for _ in range(vision.shape[0])]
+        selected = keep_visual
+        if self.config.keep == "all":  # the selection ran (it is in `selected`), nothing was dropped
+            keep_visual = vision
         records = []
         for b in range(vision.shape[0]):
             positions = vision[b].nonzero().squeeze(1)
@@ -128,6 +131,7 @@ class PhotonRuntime:
                     "rho": None if rho is None else [round(float(r), 6) for r in rho],
                     "n_visual": n_visual,
                     "n_kept": int(keep_visual[b].sum()),
+                    "selected": int(selected[b].sum()),
                     "rule": selection.rule,
                     "pruner": getattr(self.pruner, "name", type(self.pruner).__name__),
                     "layer": self.layer,

@@ -55,6 +55,8 @@ class VideoConfig:
     factor: int = 28
     min_pixels: int = 128 * 28 * 28
     max_pixels: int = 768 * 28 * 28
+    total_pixels: int | None = None  # budget over all sampled frames (Qwen3-VL's size.longest_edge); null: none
+    min_total_pixels: int | None = None  # floor over all sampled frames (Qwen3-VL's size.shortest_edge)
     backend: str = "auto"  # auto (decord when importable, else PyAV) | decord | pyav
 
 

@@ -71,3 +71,14 @@ def resize_volume(volume: np.ndarray, shape: tuple[int, int, int] | None = None,
         out = F.interpolate(tensor, size=size, scale_factor=scale, mode="trilinear", align_corners=False,
                             recompute_scale_factor=False if scale else None)
     return out[0, 0].numpy()
+
+
+def frame_pixel_bounds(min_pixels: int, max_pixels: int, total_pixels: int | None, min_total_pixels: int | None,
+                       frames: int) -> tuple[int, int]:
+    """Per-frame (min, max) pixels when a budget covers all `frames` frames together."""
+    low, high = min_pixels, max_pixels
+    if total_pixels is not None:
+        high = min(high, total_pixels // max(frames, 1))
+    if min_total_pixels is not None:
+        low = max(low, math.ceil(min_total_pixels / max(frames, 1)))
+    return low, max(high, low)

@@ -19,7 +19,7 @@ from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
 from photon.modalities.base import Media, Modality, explain
 from photon.modalities.config import VideoConfig, options_from
-from photon.modalities.resize import resize_frames, smart_resize
+from photon.modalities.resize import frame_pixel_bounds, resize_frames, smart_resize
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 BACKENDS = ("auto", "decord", "pyav")
@@ -123,7 +123,7 @@ def load_video(path: str | Path, **options) -> Media:
         raise PhotonError(f"{path}: the video reports {info.frames} frames at {info.fps} fps; expected a playable video")
     indices = sample_indices(info, cfg)
     raw = read_frames(path, indices, backend)
-    height, width = smart_resize(raw.shape[1], raw.shape[2], cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    height, width = frame_size(raw.shape[1], raw.shape[2], len(indices), cfg)
     frames = resize_frames(raw.transpose(0, 3, 1, 2).astype(np.float32) / 255.0, height, width)
     meta = {"timestamps": [round(float(i) / info.fps, 4) for i in indices], "indices": indices.tolist(),
             "video_fps": info.fps, "video_frames": info.frames, "duration": round(info.duration, 4),
@@ -141,8 +141,16 @@ def describe_video(path: str | Path) -> dict[str, Any]:
 def model_shape(facts: dict[str, Any], **options) -> tuple[int, int, int, int]:
     cfg = options_from(VideoConfig, options, "video options")
     info = VideoInfo(facts["frames"], facts["fps"], *facts["size"])
-    height, width = smart_resize(info.height, info.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
-    return (sample_count(info, cfg), 3, height, width)
+    count = sample_count(info, cfg)
+    height, width = frame_size(info.height, info.width, count, cfg)
+    return (count, 3, height, width)
+
+
+def frame_size(height: int, width: int, frames: int, cfg: VideoConfig) -> tuple[int, int]:
+    """Each sampled frame's size: Qwen's smart_resize within the per-frame bounds, tightened by
+    a budget over all frames when one is set (total_pixels, Qwen3-VL's video processor)."""
+    low, high = frame_pixel_bounds(cfg.min_pixels, cfg.max_pixels, cfg.total_pixels, cfg.min_total_pixels, frames)
+    return smart_resize(height, width, cfg.factor, low, high)
 
 
 @hookimpl

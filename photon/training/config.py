@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from photon.core.config import PhotonConfig
+from photon.core.errors import PhotonError
 
 
 @dataclass
@@ -73,3 +74,27 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     photon: PhotonConfig = field(default_factory=PhotonConfig)
+
+
+def check_train_config(cfg: Any) -> None:
+    """Values a run cannot use, named with what is allowed, before anything loads (cfg: a
+    TrainConfig or its merged DictConfig)."""
+    at_least_one = ("run.max_steps", "run.save_every", "run.keep_last", "run.grad_accum", "run.micro_batch_size", "run.log_every")
+    for key in at_least_one:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not isinstance(value, int) or value < 1:
+            raise PhotonError(f"{key}={value!r}: expected a whole number of at least 1")
+    choices = {"run.phase": (1, 2), "run.precision": ("auto", "bf16", "fp32"), "optim.schedule": ("cosine", "constant"),
+               "deepspeed.zero_stage": (0, 1, 2, 3)}
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise PhotonError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}")
+    for key in ("optim.lr", "optim.vit_lr"):
+        value = getattr(cfg.optim, key.split(".")[1])
+        if not value >= 0:
+            raise PhotonError(f"{key}={value!r}: expected a learning rate of at least 0")
+    if not 0 <= cfg.optim.warmup_ratio < 1:
+        raise PhotonError(f"optim.warmup_ratio={cfg.optim.warmup_ratio!r}: expected a fraction in [0, 1)")

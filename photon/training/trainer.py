@@ -510,5 +510,8 @@ def _micro_step(run: Run, batch: dict | None) -> bool:
 
 def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
     from photon.core.config import load_config
+    from photon.training.config import check_train_config
 
-    return to_object(load_config(path, overrides, TrainConfig))
+    cfg = to_object(load_config(path, overrides, TrainConfig))
+    check_train_config(cfg)
+    return cfg
