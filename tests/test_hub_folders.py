@@ -227,3 +227,28 @@ def test_release_folder_prompt_uses_the_release_template_and_volume_geometry(tmp
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|video_pad|>*8<|vision_end|>Where is it?<|im_end|>\n<|im_start|>assistant\n")
     assert options["frames"]["max_pixels"] == 12845056
+
+
+@pytest.mark.parametrize("backbone", ["qwen2.5-vl-tiny", "qwen3-vl-tiny"])
+def test_a_question_before_its_media_still_prunes_on_the_turns_own_text(backbone):
+    from photon.adapters.qwen_inputs import model_inputs
+
+    loaded = photon.load(backbone)
+    side = loaded.encoder.geometry.patch_size * loaded.encoder.geometry.merge_size
+    video = _media("video", frames=4, side=side * 2, seed=3)
+    tokenizer = loaded.encoder.tokenizer
+    for content in ("<video>What moves here?", "What moves here?<video>"):
+        batch = loaded.encoder.collate([loaded.encoder.encode(Sample("q", [{"role": "user", "content": content}], [video]), train=False)])
+        mask = batch["instruction_mask"][0]
+        # Qwen3-VL: "?<" before the first "<0.5 seconds>" is one BPE token, counted as timestamp text.
+        expected = "What moves here" if backbone.startswith("qwen3") and content.endswith("<video>") else "What moves here?"
+        assert tokenizer.decode(batch["input_ids"][0][mask]) == expected
+        assert torch.equal(mask, loaded.model._photon.adapter.instruction_mask(batch["input_ids"])[0])
+        with torch.no_grad():
+            loaded.model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"})
+        record = photon.last_selection(loaded.model)[0]
+        assert record["fallback"] is None and 0 < record["n_kept"] < record["n_visual"], (content, record["fallback"])
+    # Text after the media keeps the release's rule even when text came before it too.
+    batch = loaded.encoder.collate([loaded.encoder.encode(
+        Sample("q", [{"role": "user", "content": "Look: <video>What moves?"}], [video]), train=False)])
+    assert tokenizer.decode(batch["input_ids"][0][batch["instruction_mask"][0]]) == "What moves?"
