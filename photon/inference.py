@@ -24,14 +24,16 @@ from photon.bench.clock import synchronize
 from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
 from photon.modalities.base import Media, choose_loader
-from photon.modalities.dataset import PhotonDataset, Sample, print_problem
+from photon.modalities.dataset import PhotonDataset, Problem, Sample, print_problem
 from photon.wrapping import media_options as default_options
 from photon.wrapping import rule_of
 
 PREDICTION_FIELDS = (
     "id", "benchmark", "meta", "reference", "answer", "backbone", "mode", "rule",
-    "n_visual", "n_kept", "keep_ratio", "theta", "prefill_s", "decode_s", "total_s",
+    "n_visual", "n_kept", "keep_ratio", "theta", "prefill_s", "decode_s", "total_s", "settings",
 )
+# Selection settings that change which tokens a run keeps (besides backbone, mode and rule).
+SELECTION_SETTINGS = ("keep_ratio", "theta", "keep", "min_keep", "tau", "cache", "rule")
 DEFAULT_MAX_NEW_TOKENS = 128
 # generate() fills unset values from the model's generation_config (Qwen's sets sampling and a
 # repetition penalty): spelling out the neutral values keeps decoding a plain argmax.
@@ -225,13 +227,53 @@ def reference_of(messages: list[dict[str, str]]) -> str | None:
     return answers[-1] if answers else None
 
 
-def prediction_line(entry, result: Generated, run: dict[str, str]) -> dict[str, Any]:
+def prediction_line(entry, result: Generated, run: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
     """One line of a predictions file (docs/records.md), fields in its order."""
     line = {
         "id": entry.id, "benchmark": entry.benchmark, "meta": entry.meta, "reference": reference_of(entry.messages),
-        "answer": result.answer, **run, **_counts_and_times(result),
+        "answer": result.answer, **run, **_counts_and_times(result), "settings": settings,
     }
     return {key: line[key] for key in PREDICTION_FIELDS}
+
+
+def run_settings(loaded: Loaded, *, prune: bool, max_new_tokens: int, media_options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What else decides a run's answers: appending to a file written with other settings would
+    mix two runs under one name. Media options are kept as a digest (they are long)."""
+    import hashlib
+
+    runtime = runtime_of(loaded.model)
+    media = json.dumps(media_options, sort_keys=True, default=str)
+    settings: dict[str, Any] = {
+        "pruner": getattr(runtime.pruner, "name", type(runtime.pruner).__name__) if prune else "none",
+        "layer": runtime.layer if prune else None,
+        "max_new_tokens": max_new_tokens,
+        "media": hashlib.sha256(media.encode()).hexdigest()[:16],
+    }
+    if prune:
+        settings.update({key: getattr(runtime.config, key) for key in SELECTION_SETTINGS})
+    return settings
+
+
+def question_text(messages: list[dict[str, str]]) -> str:
+    """The last user turn's words, without media tags."""
+    from photon.modalities.dataset import TAG_PATTERN
+
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return TAG_PATTERN.sub("", users[-1]).strip() if users else ""
+
+
+def check_same_run(out: Path, first: dict[str, Any], run: dict[str, str], settings: dict[str, Any]) -> None:
+    """Refuse to append to predictions another run wrote: other backbone, mode, rule, or (for
+    files that record them) other settings."""
+    differ = [f"{k} {first.get(k)} -> {v}" for k, v in run.items() if first.get(k) != v]
+    recorded = first.get("settings")
+    if isinstance(recorded, dict):
+        differ += [f"{k} {recorded.get(k)} -> {v}" for k, v in settings.items() if recorded.get(k) != v]
+    if differ:
+        raise PhotonError(
+            f"{out} holds predictions from another run ({'; '.join(differ)}). "
+            "Pass --overwrite to start again, or write to another --out"
+        )
 
 
 def read_done(out: Path, report: Callable[[str], None]) -> tuple[set[str], dict[str, Any] | None]:
@@ -295,31 +337,33 @@ def infer(
         raise PhotonError(f"batch size must be at least 1, got {batch_size}")
     out = Path(out)
     runtime = runtime_of(loaded.model)
+    media_options = media_options or default_options(loaded)
     run = {"backbone": loaded.backbone, "mode": runtime.config.mode if prune else "unpruned",
            "rule": rule_of(loaded.model) if prune else "none"}
+    settings = run_settings(loaded, prune=prune, max_new_tokens=max_new_tokens, media_options=media_options)
     if overwrite and out.exists():
         out.unlink()
     done, first = read_done(out, report)
-    if first is not None and any(first.get(k) != v for k, v in run.items()):
-        was = ", ".join(f"{k} {first.get(k)}" for k in run)
-        raise PhotonError(
-            f"{out} holds predictions from another run ({was}); this run is {', '.join(f'{k} {v}' for k, v in run.items())}. "
-            "Pass --overwrite to start again, or write to another --out"
-        )
+    if first is not None:
+        check_same_run(out, first, run, settings)
     dataset = PhotonDataset(
-        data, encoder=loaded.encoder, strict=strict, train=False,
-        media_options=media_options or default_options(loaded), report=report,
+        data, encoder=loaded.encoder, strict=strict, train=False, media_options=media_options, report=report,
     )
-    todo = [i for i, entry in enumerate(dataset.entries) if entry.id not in done]
-    resumed = len(dataset.entries) - len(todo)
+    todo = []
+    for i, entry in enumerate(dataset.entries):
+        if entry.id in done:
+            continue
+        if not question_text(entry.messages):
+            # Nothing to ask: ITS would find no instruction and keep every token, silently.
+            dataset.skip(Problem(entry.where, entry.id, "the question is empty (the last user message holds only media tags)"))
+            continue
+        todo.append(i)
+    resumed = sum(1 for entry in dataset.entries if entry.id in done)
     if resumed:
         report(f"{out}: resuming, {resumed} records already predicted")
-    out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     context = contextlib.nullcontext() if prune else unpruned(loaded.model)
-    with context, open(out, "a", encoding="utf-8") as sink, tqdm(
-        total=len(todo), unit="record", desc="infer", disable=not progress
-    ) as bar:
+    with context, tqdm(total=len(todo), unit="record", desc="infer", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             indices = todo[start : start + batch_size]
             encoded = [(i, dataset[i]) for i in indices]
@@ -327,10 +371,12 @@ def infer(
             if encoded:
                 batch = loaded.encoder.collate([item for _, item in encoded])
                 results = generate_batch(loaded, batch, max_new_tokens)
-                lines = [prediction_line(dataset.entries[i], r, run) for (i, _), r in zip(encoded, results)]
-                # One write per batch: an interrupted run loses at most the line being written.
-                sink.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-                sink.flush()
+                lines = [prediction_line(dataset.entries[i], r, run, settings) for (i, _), r in zip(encoded, results)]
+                # One write per batch: an interrupted run loses at most the line being written. The file
+                # is created by the first answers, so a run that fails before any leaves none behind.
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with open(out, "a", encoding="utf-8") as sink:
+                    sink.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
                 written += len(lines)
                 ratios = [r.keep_ratio for r in results if r.keep_ratio is not None]
                 if ratios:

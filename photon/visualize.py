@@ -27,6 +27,8 @@ COLUMNS = 8
 MAX_PANELS = 16  # temporal rows drawn per medium (evenly spaced when there are more)
 LABEL_HEIGHT = 16
 HEADER_HEIGHT = 20
+LEGEND_HEIGHT = 18  # the colour key under the title
+SWATCH = 12
 KEPT_TINT = np.array([255.0, 120.0, 0.0])
 KEPT_ALPHA = 0.45
 DROPPED_GREY = 96.0
@@ -114,15 +116,27 @@ def draw_medium(
     cols = min(columns, len(rows))
     grid_rows = math.ceil(len(rows) / cols)
     font = ImageFont.load_default()
-    title_width = math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8
-    canvas = Image.new("RGB", (max(cols * pw, title_width), HEADER_HEIGHT + grid_rows * (ph + LABEL_HEIGHT)), "white")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    key = [("kept", tuple(int(v) for v in np.asarray(KEPT_TINT).ravel()[:3]), None), ("dropped", (int(DROPPED_GREY),) * 3, None)]
+    if outline is not None:
+        key.append(("the question's region", None, OUTLINE))
+    key_width = sum(SWATCH + 6 + math.ceil(measure.textlength(label, font=font)) + 14 for label, _, _ in key)
+    title_width = math.ceil(measure.textlength(title, font=font)) + 8
+    header = HEADER_HEIGHT + LEGEND_HEIGHT
+    canvas = Image.new("RGB", (max(cols * pw, title_width, key_width + 8), header + grid_rows * (ph + LABEL_HEIGHT)), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill=(0, 0, 0), font=font)
+    x = 4
+    for label, fill, edge in key:  # the legend: what the colours and frames mean
+        box = [x, HEADER_HEIGHT + 2, x + SWATCH, HEADER_HEIGHT + 2 + SWATCH]
+        draw.rectangle(box, fill=fill or "white", outline=edge or (0, 0, 0), width=2 if edge else 1)
+        draw.text((x + SWATCH + 6, HEADER_HEIGHT + 2), label, fill=(0, 0, 0), font=font)
+        x += SWATCH + 6 + math.ceil(measure.textlength(label, font=font)) + 14
     unit = {"volume": "slices", "video": "frames"}.get(kind, "frame")
     for n, r in enumerate(rows):
         first, last = r * temporal_patch, min((r + 1) * temporal_patch, n_frames) - 1
         image = Image.fromarray(shade(frames[(first + last) // 2], keep_thw[r])).resize((pw, ph), Image.NEAREST)
-        x, y = (n % cols) * pw, HEADER_HEIGHT + (n // cols) * (ph + LABEL_HEIGHT)
+        x, y = (n % cols) * pw, header + (n // cols) * (ph + LABEL_HEIGHT)
         canvas.paste(image, (x, y))
         for i in range(h + 1):
             yy = y + min(round(i * ph / h), ph - 1)
@@ -137,6 +151,12 @@ def draw_medium(
         span = f"{unit} {first}" if first == last else f"{unit} {first}-{last}"
         draw.text((x + 3, y + ph + 2), f"{span}: kept {int(keep_thw[r].sum())}/{h * w}", fill=(0, 0, 0), font=font)
     return canvas
+
+
+def describe_rule(rule: str) -> str:
+    """"mode: rule" as a person reads it: zero_shot:mean -> "zero_shot: mean"; trained stays."""
+    mode, _, how = rule.partition(":")
+    return f"{mode}: {how}" if how else rule
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -164,7 +184,7 @@ def save_selection(
         raise PhotonError(f"the selection covers {len(grids)} media, {len(media)} were given")
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"overlay-{k}.png" for k in range(len(media))]
-    title = f"kept {record['n_kept']}/{record['n_visual']} visual tokens, rule {record['rule']}, layer {record['layer']}"
+    title = f"{describe_rule(record['rule'])} | kept {record['n_kept']}/{record['n_visual']} visual tokens | layer {record['layer']}"
     written = []
     for name, medium, keep in zip(names, media, grids):
         image = draw_medium(medium.frames, keep, temporal_patch=temporal_patch, kind=medium.kind, title=title)

@@ -119,9 +119,12 @@ def open_model(
     if not backbone and not checkpoint_dir:
         raise PhotonError("give --backbone NAME (see `photon plugins`) or --checkpoint DIR")
     if checkpoint_dir:
-        folder = Path(checkpoint_dir)
+        from photon.training.state import resolve_checkpoint
+
+        folder = resolve_checkpoint(checkpoint_dir)  # a run folder or the `latest` pointer: its newest checkpoint
         if not folder.is_dir():
-            raise PhotonError(f"checkpoint {folder}: no such folder")
+            raise PhotonError(f"checkpoint {checkpoint_dir}: no such folder")
+        checkpoint_dir = str(folder)
         if backbone:
             check_backbone_matches(folder, backbone)
         source = checkpoint_dir

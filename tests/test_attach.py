@@ -15,7 +15,7 @@ from make_media import AFFINE_DIRECTIONS, phantom
 from photon.adapters.qwen2_5_vl import load_tiny
 from photon.cli import main
 from photon.inference import ask
-from photon.visualize import HEADER_HEIGHT, LABEL_HEIGHT, load_selection, save_selection
+from photon.visualize import DROPPED_GREY, HEADER_HEIGHT, KEPT_TINT, LABEL_HEIGHT, LEGEND_HEIGHT, SWATCH, load_selection, save_selection
 from photon.wrapping import media_options
 
 QUESTION = "Is there a bright sphere in the upper left?"
@@ -97,11 +97,17 @@ def test_selection_json_reloads_and_the_overlay_has_the_expected_size_and_colour
     assert load_selection(tmp_path / "selection.json") == record
     image = np.asarray(Image.open(paths[1]).convert("RGB")).astype(int)
     # 14 token rows -> 14 panels of 224 x 224 (112-pixel frames, doubled), 8 to a row.
-    assert image.shape == (HEADER_HEIGHT + 2 * (224 + LABEL_HEIGHT), 8 * 224, 3)
+    header = HEADER_HEIGHT + LEGEND_HEIGHT
+    assert image.shape == (header + 2 * (224 + LABEL_HEIGHT), 8 * 224, 3)
+    # The legend's swatches: a kept (tinted) square, then a dropped (grey) one.
+    swatch = HEADER_HEIGHT + 2 + SWATCH // 2
+    assert tuple(image[swatch, 4 + SWATCH // 2]) == tuple(int(v) for v in KEPT_TINT)
+    grey = image[swatch, 4 + SWATCH + 6 + 40: 4 + SWATCH + 6 + 200].reshape(-1, 3)
+    assert any(tuple(p) == (int(DROPPED_GREY),) * 3 for p in grey)
     keep = np.asarray(record["keep"]).reshape(TOKEN_ROWS, 4, 4)
     cell = 224 // 4
     for row in range(TOKEN_ROWS):
-        x0, y0 = (row % 8) * 224, HEADER_HEIGHT + (row // 8) * (224 + LABEL_HEIGHT)
+        x0, y0 = (row % 8) * 224, header + (row // 8) * (224 + LABEL_HEIGHT)
         for i in range(4):
             for j in range(4):
                 r, g, b = image[y0 + i * cell + cell // 2, x0 + j * cell + cell // 2]

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -38,11 +39,30 @@ def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _media_of(out, record, key):
+    """A record's media paths as the reader resolves them (relative to the records file's folder)."""
+    return [(out.parent / p).resolve() for p in record[key]]
+
+
 def _check_round_trip(out, n):
-    """The records load as a dataset, and `photon eval` scores answers equal to the references
+    """From another working folder than the one that converted: the records load as a dataset,
+    `photon infer` answers every one, and `photon eval` scores answers equal to the references
     as perfect: the meta fields are the ones its scorers read (docs/records.md)."""
-    dataset = PhotonDataset(out)
-    assert len(dataset) == n and not dataset.problems
+    elsewhere = out.parent.parent / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    here = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        relative = os.path.relpath(out, elsewhere)
+        dataset = PhotonDataset(relative)
+        assert len(dataset) == n and not dataset.problems
+        assert all(item is not None for item in dataset)  # every medium loads
+        predicted = elsewhere / f"{out.stem}-predictions.jsonl"
+        assert main(["infer", "--backbone", "qwen2.5-vl-tiny", "--data", relative, "--out", predicted.name,
+                     "--max-new-tokens", "1", "--media", "ct.size=[28,56,56]"]) == 0
+        assert len(predicted.read_text().splitlines()) == n
+    finally:
+        os.chdir(here)
     predictions = out.with_name(out.stem + "_predictions.jsonl")
     predictions.write_text("".join(json.dumps({"id": r["id"], "benchmark": r["benchmark"], "answer": r["messages"][-1]["content"]}) + "\n"
                                    for r in _records(out)))
@@ -55,7 +75,8 @@ def _check_round_trip(out, n):
     return dataset
 
 
-def test_3d_rad_keys_tasks_on_subtask_files_and_maps_test_to_valid_volumes(tmp_path, capsys):
+def test_3d_rad_keys_tasks_on_subtask_files_and_maps_test_to_valid_volumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # paths given relative to the working folder, as a user types them
     root = tmp_path / "3DRAD" / "test"
     _csv(root / "Task1_Image_Observation" / "Anatomical_observation.csv", RAD_HEADER,
          [[1, 1, "test_1_a_1.nii.gz", "Where is the nodule located?", "Right lower lobe.", "Open", "-", "-", "-", "-", "-"],
@@ -66,9 +87,9 @@ def test_3d_rad_keys_tasks_on_subtask_files_and_maps_test_to_valid_volumes(tmp_p
         _csv(root / task / "b.csv", RAD_HEADER,
              [[6, 1, "test_1_a_1.nii.gz", "Prior history: [1]. What is it now?", LESION_CHOICES[1], "Close", "B", *LESION_CHOICES]])
     volume = _tiny_nifti(tmp_path / "ct-rate" / "valid" / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz")
-    out = tmp_path / "3d-rad.jsonl"
+    out = tmp_path / "records" / "3d-rad.jsonl"
 
-    assert main(["convert", "3d-rad", str(tmp_path / "3DRAD"), str(out), "--volumes", str(tmp_path / "ct-rate")]) == 1
+    assert main(["convert", "3d-rad", "3DRAD", "records/3d-rad.jsonl", "--volumes", "ct-rate"]) == 1
     assert "test_9_a_1.nii.gz not found under --volumes" in capsys.readouterr().out
     records = {r["id"]: r for r in _records(out)}
     assert sorted(records) == [
@@ -80,7 +101,8 @@ def test_3d_rad_keys_tasks_on_subtask_files_and_maps_test_to_valid_volumes(tmp_p
     opened = records["3d-rad/test/image_observation/anatomical_observation/000000"]
     assert opened["messages"] == [{"role": "user", "content": "<video>Where is the nodule located?"},
                                   {"role": "assistant", "content": "Right lower lobe."}]
-    assert opened["videos"] == [str(volume)] and opened["benchmark"] == "3d-rad"
+    assert _media_of(out, opened, "videos") == [volume.resolve()] and opened["benchmark"] == "3d-rad"
+    assert opened["videos"] == [str(volume.resolve())]  # outside the records folder: absolute
     assert opened["meta"] == {"task": "image_observation", "task_dir": "Task1_Image_Observation", "subtask": "Anatomical_observation",
                               "question_type": "open", "volume": "test_1_a_1.nii.gz", "answer": "Right lower lobe."}
     closed = records["3d-rad/test/existence_detection/lung_nodule/000000"]
@@ -108,19 +130,21 @@ def _dtv_rows():
     ]
 
 
-def test_deeptumorvqa_v2_folder_both_formats(tmp_path, capsys):
+def test_deeptumorvqa_v2_folder_both_formats(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     bench = tmp_path / "benchmark"
     bench.mkdir()
     (bench / "test_qa.json").write_text(json.dumps({"questions": _dtv_rows()}))
     volume = _tiny_nifti(bench / "ct" / "BDMAP_00000001" / "ct.nii.gz")
     out = tmp_path / "dtv.jsonl"
-    assert main(["convert", "deeptumorvqa", str(bench), str(out), "--format", "both"]) == 1
+    assert main(["convert", "deeptumorvqa", "benchmark", "dtv.jsonl", "--format", "both"]) == 1
     assert "no CT for BDMAP_00000404" in capsys.readouterr().out
     records = {r["id"]: r for r in _records(out)}
     assert sorted(records) == ["deeptumorvqa/v2/bench_00017/free", "deeptumorvqa/v2/bench_00017/mc",
                                "deeptumorvqa/v2/bench_00018/free", "deeptumorvqa/v2/bench_00018/mc"]
     mc = records["deeptumorvqa/v2/bench_00017/mc"]
-    assert mc["messages"][1]["content"] == "A" and mc["videos"] == [str(volume)]
+    assert mc["messages"][1]["content"] == "A" and mc["videos"] == ["benchmark/ct/BDMAP_00000001/ct.nii.gz"]  # under the records folder
+    assert _media_of(out, mc, "videos") == [volume.resolve()]
     assert mc["meta"]["choices"] == {"A": "Normal", "B": "Moderate", "C": "Severe", "D": "Mild"}
     assert mc["meta"]["question_subtype"] == "splenomegaly grading" and mc["meta"]["answer_kind"] == "mc"
     free = records["deeptumorvqa/v2/bench_00018/free"]
@@ -130,22 +154,25 @@ def test_deeptumorvqa_v2_folder_both_formats(tmp_path, capsys):
     _check_round_trip(out, 4)
 
 
-def test_deeptumorvqa_v1_records_and_snake_case_subtypes(tmp_path):
+def test_deeptumorvqa_v1_records_and_snake_case_subtypes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     rows = [{"question_id": 5, "image_id": "BDMAP_00000001", "question": "Is the kidney lesion malignant?", "answer": "no",
              "multiple_choice_question": "Is the kidney lesion malignant? (A) yes (B) no", "correct_option": "B",
              "organ": "kidney", "lesion": True, "question_type": "visual_reasoning", "question_subtype": "kidney_lesion_type",
              "split": "test"}]
     (tmp_path / "v1.json").write_text(json.dumps(rows))
     _tiny_nifti(tmp_path / "vols" / "BDMAP_00000001.nii.gz")
-    out = tmp_path / "v1.jsonl"
-    assert main(["convert", "deeptumorvqa", str(tmp_path / "v1.json"), str(out), "--volumes", str(tmp_path / "vols")]) == 0
+    out = tmp_path / "records" / "v1.jsonl"
+    assert main(["convert", "deeptumorvqa", "v1.json", "records/v1.jsonl", "--volumes", "vols"]) == 0
     (only,) = _records(out)
     assert only["id"] == "deeptumorvqa/v1/5/mc" and only["meta"]["version"] == 1
     assert only["meta"]["question_subtype"] == "kidney lesion type" and only["meta"]["question_type"] == "visual reasoning"
     assert only["meta"]["choices"] == {"A": "yes", "B": "no"}
+    _check_round_trip(out, 1)
 
 
-def test_slake_english_test_split_by_default(tmp_path):
+def test_slake_english_test_split_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     rows = [{"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ is abnormal?", "answer": "Liver",
              "q_lang": "en", "location": "Abdomen", "modality": "CT", "answer_type": "OPEN", "base_type": "vqa",
              "content_type": "Organ", "triple": ["vhead", "_", "_"], "qid": 11},
@@ -154,21 +181,22 @@ def test_slake_english_test_split_by_default(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps(rows, ensure_ascii=False))
     (tmp_path / "imgs" / "xmlab1").mkdir(parents=True)
     write_image(tmp_path / "imgs" / "xmlab1" / "source.jpg")
-    out = tmp_path / "slake.jsonl"
-    assert main(["convert", "slake", str(tmp_path), str(out)]) == 0
+    out = tmp_path / "records" / "slake.jsonl"
+    assert main(["convert", "slake", ".", "records/slake.jsonl"]) == 0
     (only,) = _records(out)
-    assert only["id"] == "slake/test/11" and only["images"] == [str(tmp_path / "imgs" / "xmlab1" / "source.jpg")]
+    assert only["id"] == "slake/test/11" and _media_of(out, only, "images") == [(tmp_path / "imgs" / "xmlab1" / "source.jpg").resolve()]
     assert only["messages"][0]["content"] == "<image>Which organ is abnormal?"
     assert only["meta"] == {"qid": 11, "img_name": "xmlab1/source.jpg", "answer_type": "OPEN", "answer": "Liver", "modality": "CT",
                             "location": "Abdomen", "content_type": "Organ", "base_type": "vqa", "lang": "en"}
     both = tmp_path / "both.jsonl"
-    assert main(["convert", "slake", str(tmp_path), str(both), "--lang", "all"]) == 0
+    assert main(["convert", "slake", ".", "both.jsonl", "--lang", "all"]) == 0
     assert len(_records(both)) == 2
     sample = _check_round_trip(out, 1)[0]
     assert sample.media[0].kind == "image"
 
 
-def test_nextqa_csv_with_video_map(tmp_path):
+def test_nextqa_csv_with_video_map(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     header = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"]
     _csv(tmp_path / "val.csv", header, [
         [4010069381, 25, 64, 48, "why did the boy pick up the present", 2, 6, "CW", "to eat", "to run", "to open it", "sleep", "cry"],
@@ -178,10 +206,10 @@ def test_nextqa_csv_with_video_map(tmp_path):
     (tmp_path / "map_vid_vidorID.json").write_text(json.dumps({"4010069381": "1006/4010069381"}))
     (tmp_path / "videos" / "NExTVideo" / "1006").mkdir(parents=True)
     clip = write_mp4(tmp_path / "videos" / "NExTVideo" / "1006" / "4010069381.mp4")
-    out = tmp_path / "nextqa.jsonl"
-    assert main(["convert", "nextqa", str(tmp_path / "val.csv"), str(out), "--videos", str(tmp_path / "videos")]) == 1
+    out = tmp_path / "records" / "nextqa.jsonl"
+    assert main(["convert", "nextqa", "val.csv", "records/nextqa.jsonl", "--videos", "videos"]) == 1
     (only,) = _records(out)
-    assert only["id"] == "nextqa/val/4010069381_6" and only["videos"] == [str(clip)]
+    assert only["id"] == "nextqa/val/4010069381_6" and _media_of(out, only, "videos") == [clip.resolve()]
     assert only["messages"][0]["content"].startswith("<video>why did the boy pick up the present?\nOptions:\nA. to eat\n")
     assert only["messages"][1]["content"] == "C"
     assert only["meta"] == {"video": "4010069381", "qid": "6", "type": "CW", "choices": ["to eat", "to run", "to open it", "sleep", "cry"],
@@ -198,7 +226,8 @@ def _png_bytes(colour):
     return buffer.getvalue()
 
 
-def test_medframeqa_parquet_frames_are_written_once(tmp_path):
+def test_medframeqa_parquet_frames_are_written_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     pa = pytest.importorskip("pyarrow", reason="needs pyarrow (the eval extra) to write MedFrameQA parquet")
     import pyarrow.parquet as pq
 
@@ -216,17 +245,17 @@ def test_medframeqa_parquet_frames_are_written_once(tmp_path):
         rows[f"image_{k}"] = [None, None]
     table = pa.table({k: pa.array(v, type=image) if k.startswith("image_") and k != "image_url" else v for k, v in rows.items()})
     pq.write_table(table, tmp_path / "test-00000.parquet")
-    out = tmp_path / "mfqa.jsonl"
-    assert main(["convert", "medframeqa", str(tmp_path / "test-00000.parquet"), str(out)]) == 1  # q2's answer Z is no option
+    out = tmp_path / "fake" / "mfqa.jsonl"
+    assert main(["convert", "medframeqa", "test-00000.parquet", "fake/mfqa.jsonl"]) == 1  # q2's answer Z is no option
     (only,) = _records(out)
-    frames = tmp_path / "mfqa_frames"
-    assert only["images"] == [str(frames / "q1_1.png"), str(frames / "q1_2.png")]
+    frames = tmp_path / "fake" / "mfqa_frames"
+    assert only["images"] == ["mfqa_frames/q1_1.png", "mfqa_frames/q1_2.png"]  # relative to the records file
     assert only["messages"][0]["content"].startswith("<image><image>Which frame shows the lesion best?\nOptions:\nA. Frame 1\n")
     assert only["messages"][1]["content"] == "C"
     assert only["meta"] == {"question_id": "q1", "system": "Cardiovascular", "organ": "Heart", "keyword": "infarct", "modality": "MRI",
                             "n_frames": 2, "choices": ["Frame 1", "Frame 2", "Both", "Neither"], "answer_letter": "C"}
     written = (frames / "q1_1.png").stat().st_mtime_ns
-    assert main(["convert", "medframeqa", str(tmp_path / "test-00000.parquet"), str(out)]) == 1
+    assert main(["convert", "medframeqa", "test-00000.parquet", "fake/mfqa.jsonl"]) == 1
     assert (frames / "q1_1.png").stat().st_mtime_ns == written  # not rewritten
     sample = _check_round_trip(out, 1)[0]
     np.testing.assert_allclose(sample.media[0].frames[0, :, 10, 10], [1, 0, 0], atol=0.01)

@@ -151,7 +151,7 @@ def test_bad_volumes_get_errors_naming_the_file(tmp_path, make, match):
 
 def test_single_dicom_slice_is_not_a_volume(tmp_path):
     folder = dicom_series(tmp_path / "one", n_slices=1, marker_slice=0)
-    with pytest.raises(PhotonError, match="one: shape .* is a 2D image"):
+    with pytest.raises(PhotonError, match=r"one: holds one DICOM slice \(slice_000.dcm\), a 2D image; a volume needs a series"):
         load_media(folder, kind="volume")
     with pytest.raises(PhotonError, match="a single DICOM file"):
         load_media(next(folder.iterdir()), kind="volume")
@@ -185,3 +185,40 @@ def _truncated(folder):
     cut = folder / "cut.nii.gz"
     cut.write_bytes(gzip.compress(data[: len(data) // 2]))
     return cut
+
+
+def test_a_multi_frame_dicom_is_named_as_one(tmp_path):
+    import pydicom
+
+    folder = dicom_series(tmp_path / "enhanced", n_slices=2)
+    first = sorted(folder.iterdir())[0]
+    ds = pydicom.dcmread(str(first))
+    pixels = ds.pixel_array
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.stack([pixels] * 3).tobytes()
+    ds.save_as(str(first), enforce_file_format=True)
+    with pytest.raises(PhotonError, match=r"slice_000.dcm: a multi-frame DICOM \(3 frames in one file"):
+        load_media(folder, kind="volume")
+
+
+def test_a_volume_with_an_all_zero_affine_is_one_clear_line(tmp_path, capsys):
+    import nibabel as nib
+
+    from photon.cli import main
+
+    path = tmp_path / "zero.nii.gz"
+    image = nib.Nifti1Image(np.full((8, 8, 8), -1000.0, dtype=np.float32), np.eye(4))
+    image.header.set_qform(None, code=0)
+    image.header.set_sform(np.zeros((4, 4)), code=1)  # a header written by a broken converter
+    image.update_header = lambda: None  # keep it as written
+    nib.save(image, path)
+    assert not nib.load(path).affine[:3].any()
+    with pytest.raises(PhotonError, match=r"zero.nii.gz: its affine \(voxel -> mm\) is singular \(all zero\)"):
+        load_media(path, kind="volume")
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its affine (voxel -> mm) is singular" in err
+    # A batch reports the file and goes on (exit 1: some files failed), without a traceback.
+    assert main(["preprocess", str(path), "--out", str(tmp_path / "pre")]) == 1
+    captured = capsys.readouterr()
+    assert "its affine (voxel -> mm) is singular" in captured.out + captured.err and "Traceback" not in captured.err

@@ -165,6 +165,24 @@ def test_checkpoint_loads_as_a_photon_model_and_old_ones_are_pruned(tmp_path):
     assert loaded.model._photon.config.mode == "trained"
 
 
+def test_checkpoint_accepts_the_run_folder_and_the_latest_pointer(tmp_path, capsys):
+    from photon.cli import main
+    from photon.training.state import resolve_checkpoint
+
+    records = write_records(tmp_path, n=2)
+    cfg = config(tmp_path, records, "run.max_steps=2", "run.save_every=1", "run.keep_last=2")
+    train(cfg)
+    out = Path(cfg.run.output_dir)
+    newest = out / "checkpoints" / "step-00000002"
+    for given in (out, out / "checkpoints", out / "checkpoints" / "latest", newest):
+        assert resolve_checkpoint(given) == newest
+    capsys.readouterr()  # what training printed
+    for given in (out, out / "checkpoints" / "latest"):
+        assert main(["attach", "--checkpoint", str(given), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["mode"] == "trained" and summary["backbone"] == "qwen2.5-vl-tiny"
+
+
 def test_a_batch_without_visual_tokens_trains(tmp_path):
     records = write_records(tmp_path, n=3, text_only_at=0)
     cfg = config(tmp_path, records, "run.max_steps=3", "photon.schedule.soft_start=0", "photon.schedule.hard_start=0")
@@ -195,17 +213,39 @@ def test_two_ranks_with_a_text_only_batch_on_one_do_not_hang(tmp_path):
     assert (out / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
 
 
-def test_plot_training_draws_a_png(tmp_path):
+def _colour_present(image, hex_colour: str) -> bool:
+    rgb = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    return bool((np.abs(pixels.astype(int) - rgb).max(axis=1) <= 2).any())
+
+
+def test_plot_training_draws_each_stage_with_its_key_and_the_retention_curve(tmp_path):
+    from PIL import Image
+
     from photon.cli import main
+    from photon.training.plot import STAGE_COLOURS
 
     records = write_records(tmp_path, n=2)
     cfg = config(tmp_path, records, "run.max_steps=4", "photon.schedule.soft_start=1", "photon.schedule.hard_start=2")
     train(cfg)
     png = tmp_path / "curve.png"
     assert main(["plot-training", str(Path(cfg.run.output_dir) / "log.jsonl"), "--out", str(png)]) == 0
-    from PIL import Image
+    image = Image.open(png)
+    assert image.size == (900, 960)  # three panels: retention, band trigger rate, loss
+    for stage in ("full", "soft", "hard"):
+        assert _colour_present(image, STAGE_COLOURS[stage]), stage  # shaded, and in the key
+    assert _colour_present(image, "#1f77b4")  # the keep-ratio curve
+    assert not _colour_present(image, STAGE_COLOURS["flip"])  # no flip stage in this run, none in the key
 
-    assert Image.open(png).size == (900, 900)
+    phase1 = tmp_path / "p1"
+    phase1.mkdir()
+    log = phase1 / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": k, "stage": "phase1", "loss": 2.0 - k / 10, "loss_ce": 2.0 - k / 10}) + "\n"
+                           for k in range(5)))
+    assert main(["plot-training", str(log)]) == 0
+    single = Image.open(log.with_suffix(".png"))
+    assert single.size == (900, 360)  # the loss panel alone: no empty retention or band panels
+    assert _colour_present(single, "#2ca02c")  # the CE curve
 
 
 def test_phase2_starts_from_a_folder_written_by_photon_attach_save(tmp_path):

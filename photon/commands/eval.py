@@ -37,7 +37,9 @@ def configure(parser):
     parser.add_argument("--bertscore-batch-size", type=int, default=32, help="pairs per BERTScore batch (default 32)")
     parser.add_argument("--no-bertscore", action="store_true", help="skip BERTScore")
     parser.add_argument("--device", default="auto", help="device for BERTScore: auto, cpu, cuda, cuda:1, ... (default auto)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of reporting and skipping it")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop (exit 2) at the first bad record, or at a reference record without a prediction, "
+                             "instead of reporting and leaving it out")
 
 
 def options_from(args) -> EvalOptions:
@@ -86,6 +88,12 @@ def run(args):
     for note in notes:
         print(f"photon eval: {note}", file=sys.stderr)
     print(f"photon eval: wrote {', '.join(str(out / name) for name in written)}", file=sys.stderr)
+    # --strict never gets here with anything left out: the first bad or missing record stops it (exit 2).
+    for side in [report[side] for side in ("a", "b")] if args.compare else [report]:
+        bad, missing = side["bad_records"]["count"], side["missing_predictions"]["count"]
+        if bad or missing:
+            print(f"photon eval: {side['predictions']}: left out {bad} bad record(s) and {missing} reference record(s) "
+                  "without a prediction (report: bad_records, missing_predictions; --strict stops at the first)", file=sys.stderr)
     return 0
 
 

@@ -133,7 +133,7 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
     from tqdm import tqdm
 
     from photon.bench.memory import peak_bytes, reset_peak
-    from photon.inference import generate_batch, prediction_line, unpruned
+    from photon.inference import generate_batch, prediction_line, run_settings, unpruned
     from photon.wrapping import rule_of
 
     import torch
@@ -147,6 +147,7 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
     device = next(model.parameters()).device
     run_fields = {"backbone": loaded.backbone, "mode": model._photon.config.mode if prune else "unpruned",
                   "rule": rule_of(model) if prune else "none"}
+    settings = run_settings(loaded, prune=prune, max_new_tokens=cfg.max_new_tokens, media_options=dataset.media_options)
     rows, lines = [], []
     context = contextlib.nullcontext() if prune else unpruned(model)
     with context, torch.no_grad():
@@ -168,7 +169,7 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
                     "coverage": None if covered is None else covered[0], "blind": None if covered is None else covered[1],
                     "llm_prefill_flops": flops.prefill(dims, length, kept_length, layer, logits=1),
                 })
-                lines.append(prediction_line(entry, result, run_fields))
+                lines.append(prediction_line(entry, result, run_fields, settings))
                 if on_case is not None:
                     on_case(entry, result)
             bar.update(len(indices))
@@ -312,7 +313,7 @@ class CaseDrawer:
         keep = token_grids(result.selection)[0]
         region = phantoms.to_token_grid(phantoms.relevant_voxels(entry.meta), keep.shape)
         image = draw_medium(media.frames, keep, temporal_patch=self.loaded.encoder.geometry.temporal_patch_size,
-                            title=title + "; framed: the question's region", outline=region)
+                            title=title, outline=region)
         path = self.folder / f"kept-{self.label}-{kind}.png"
         image.save(path, format="PNG")
         self.written.append(str(path))

@@ -81,10 +81,25 @@ def convert(benchmark: str, src: str | Path, out: str | Path, *, strict: bool = 
             report(f"skipped {item}")
             continue
         seen.add(item["id"])
-        records.append(item)
+        records.append(anchor_media(item, out))
     write_atomically(out, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records), mode="w")
     outcome.written = len(records)
     return outcome
+
+
+def anchor_media(item: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Media paths the reader resolves from any working folder: relative to the records file's
+    folder when the media lie under it (the set moves as one folder), absolute otherwise. The
+    converters name files as found from the current folder."""
+    base = out.resolve().parent
+    for key in ("images", "videos"):
+        if key in item:
+            anchored = []
+            for path in item[key]:
+                resolved = Path(path).resolve()
+                anchored.append(resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(resolved))
+            item[key] = anchored
+    return item
 
 
 def record(id: str, benchmark: str, prompt: str, answer: str, meta: dict[str, Any], *,

@@ -72,8 +72,9 @@ def calibrate(volume: Volume, cfg: CTConfig) -> Volume:
     if cfg.slope is None or cfg.intercept is None:
         raise PhotonError(
             f"{volume.source}: looks like raw stored values, not HU (minimum {lowest:g} >= {cfg.raw_min:g}); "
-            "give slope and intercept (CT-RATE: `photon preprocess --metadata metadata.csv`, or the "
-            "RescaleSlope/RescaleIntercept options), or calibration=hu if it is already in HU"
+            "give slope and intercept (CT-RATE: `photon preprocess --metadata metadata.csv`; attach/infer: "
+            "--media ct.slope=S --media ct.intercept=I), or, if it is already in HU, say so: --media ct.calibration=hu "
+            "(attach, infer), --calibration hu (preprocess), data.media.ct.calibration=hu (train)"
         )
     sign = "-" if cfg.intercept < 0 else "+"
     meta["calibration"] = f"raw: HU = {cfg.slope:g} * stored {sign} {abs(cfg.intercept):g}"

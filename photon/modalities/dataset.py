@@ -158,7 +158,13 @@ def parse_record(record: Any, where: str, media_root: Path | None) -> Entry:
     meta = record.get("meta") or {}
     if not isinstance(meta, dict):
         raise RecordError("`meta` must be an object")
-    return Entry(str(record.get("id") or where), messages, media, meta, record.get("benchmark"), where)
+    return Entry(str(record.get("id") or anonymous_id(where)), messages, media, meta, record.get("benchmark"), where)
+
+
+def anonymous_id(where: str) -> str:
+    """The id of a record that has none: its file's name and line (train.jsonl:3), so a rerun that
+    spells the records path differently (relative, absolute) finds the same ids."""
+    return Path(where).name
 
 
 def print_problem(text: str) -> None:
@@ -207,20 +213,20 @@ class PhotonDataset(Dataset):
         seen: dict[str, str] = {}
         for where, record in iter_records(path_or_records):
             if isinstance(record, Problem):
-                self._skip(record)
+                self.skip(record)
                 continue
             try:
                 entry = parse_record(record, where, media_root)
             except RecordError as exc:
-                self._skip(Problem(where, record.get("id") if isinstance(record, dict) else None, str(exc)))
+                self.skip(Problem(where, record.get("id") if isinstance(record, dict) else None, str(exc)))
                 continue
             if entry.id in seen:
-                self._skip(Problem(where, entry.id, f"duplicate id (first at {seen[entry.id]})"))
+                self.skip(Problem(where, entry.id, f"duplicate id (first at {seen[entry.id]})"))
                 continue
             seen[entry.id] = where
             self.entries.append(entry)
 
-    def _skip(self, problem: Problem) -> None:
+    def skip(self, problem: Problem) -> None:
         if self.strict:
             raise PhotonError(f"{problem} (strict: stopping)")
         self.problems.append(problem)
@@ -245,7 +251,7 @@ class PhotonDataset(Dataset):
             return self.encoder.encode(sample, train=self.train) if self.encoder else sample
         except PhotonError as exc:
             if index not in self.failed or self.strict:  # report once, however many epochs ask again
-                self._skip(Problem(entry.where, entry.id, str(exc)))
+                self.skip(Problem(entry.where, entry.id, str(exc)))
             self.failed.add(index)
             return None
 

@@ -119,7 +119,21 @@ def read_nifti(path: Path) -> Volume:
         # nibabel applies scl_slope/scl_inter itself; remember that the header did it.
         "header_scaling": slope is not None and (slope, intercept or 0.0) != (1.0, 0.0),
     }
-    return Volume(data, np.asarray(image.affine, dtype=np.float64), str(path), meta)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    check_affine(affine, path)
+    return Volume(data, affine, str(path), meta)
+
+
+def check_affine(affine: np.ndarray, path: Path) -> None:
+    """Orientation and spacing come from the voxel-to-mm affine; a singular one (all zero, a zero
+    column) gives neither."""
+    linear = affine[:3, :3]
+    if not np.all(np.isfinite(linear)) or np.any(np.linalg.norm(linear, axis=0) == 0) or abs(np.linalg.det(linear)) < 1e-12:
+        raise PhotonError(
+            f"{path}: its affine (voxel -> mm) is singular ({'all zero' if not np.any(linear) else 'a zero or degenerate axis'}), "
+            "so orientation and spacing are unknown; repair the header's sform/qform (e.g. with the scanner's "
+            "original DICOM and dcm2niix) before using it"
+        )
 
 
 def check_3d(shape: tuple[int, ...], path: Path) -> None:
@@ -140,9 +154,22 @@ def read_dicom_series(folder: Path) -> Volume:
             slices.append((file, pydicom.dcmread(str(file))))
         except Exception as exc:
             raise PhotonError(f"{file}: not a readable DICOM file ({explain(exc)})") from exc
-    slices = [(f, ds) for f, ds in slices if "PixelData" in ds and "ImagePositionPatient" in ds]
-    if not slices:
+    for file, ds in slices:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise PhotonError(
+                f"{file}: a multi-frame DICOM ({frames} frames in one file, e.g. Enhanced CT/MR); Photon reads a series "
+                "of one slice per file: convert it to NIfTI (dcm2niix) or split it into single-frame files"
+            )
+    with_position = [(f, ds) for f, ds in slices if "PixelData" in ds and "ImagePositionPatient" in ds]
+    if not with_position:
         raise PhotonError(f"{folder}: its DICOM files hold no image slices with a position; {VOLUME_EXPECTED}")
+    slices = with_position
+    if len(slices) == 1:
+        raise PhotonError(
+            f"{folder}: holds one DICOM slice ({slices[0][0].name}), a 2D image; a volume needs a series of at least "
+            "2 slices. To ask about this slice, pass the file itself (it is read as an image)"
+        )
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
         raise PhotonError(f"{folder}: holds {len(series)} DICOM series ({', '.join(sorted(series))}); put each series in its own folder")

@@ -59,39 +59,55 @@ def plot_training(log: str | Path, out: str | Path | None = None, window: int = 
             out_values.append(sum(chunk) / len(chunk))
         return [s for s, _ in points], out_values
 
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
-    for ax in axes:
+    # One panel per quantity the log holds: phase 1 logs no retention or band (no pruning).
+    losses = [(key, colour, series(f"loss_{key}")) for key, colour in
+              (("ce", "#2ca02c"), ("band", "#9467bd"), ("robust", "#8c564b"), ("flip", "#e377c2"))]
+    panels = [name for name, present in (("retention", bool(series("keep_ratio_mean") or series("theta_mean"))),
+                                         ("band", bool(series("band_trigger_rate"))),
+                                         ("loss", True)) if present]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels) + 0.6), sharex=True, squeeze=False)
+    axes = dict(zip(panels, axes[:, 0]))
+    stages = []
+    for ax in axes.values():
         for stage, first, last in _stage_spans(rows):
             ax.axvspan(first, last + 1, color=STAGE_COLOURS.get(stage, "#ffffff"), zorder=0)
-    keep = series("keep_ratio_mean")
-    if keep:
-        x, y = smooth(keep)
-        axes[0].plot(x, y, color="#1f77b4", label=f"mean keep ratio ({window}-step mean)")
-        lo, hi = series("keep_ratio_min"), series("keep_ratio_max")
-        axes[0].fill_between([s for s, _ in lo], [v for _, v in lo], [v for _, v in hi], color="#1f77b4", alpha=0.15, label="min-max over samples")
-    theta = series("theta_mean")
-    if theta:
-        x, y = smooth(theta)
-        axes[0].plot(x, y, color="#d62728", linestyle="--", label="mean theta")
-    axes[0].set_ylabel("retention")
-    axes[0].set_ylim(0, 1.05)
-    axes[0].legend(loc="best", fontsize=8)
-    triggers = series("band_trigger_rate")
-    if triggers:
-        x, y = smooth(triggers)
-        axes[1].plot(x, y, color="#ff7f0e")
-    axes[1].set_ylabel("band trigger rate")
-    axes[1].set_ylim(-0.02, 1.02)
-    for key, colour in (("ce", "#2ca02c"), ("band", "#9467bd"), ("robust", "#8c564b"), ("flip", "#e377c2")):
-        points = series(f"loss_{key}")
+            if stage not in stages:
+                stages.append(stage)
+    if "retention" in axes:
+        ax = axes["retention"]
+        keep = series("keep_ratio_mean")
+        if keep:
+            x, y = smooth(keep)
+            ax.plot(x, y, color="#1f77b4", label=f"mean keep ratio ({window}-step mean)")
+            lo, hi = series("keep_ratio_min"), series("keep_ratio_max")
+            ax.fill_between([s for s, _ in lo], [v for _, v in lo], [v for _, v in hi], color="#1f77b4", alpha=0.15, label="min-max over samples")
+        theta = series("theta_mean")
+        if theta:
+            x, y = smooth(theta)
+            ax.plot(x, y, color="#d62728", linestyle="--", label="mean theta")
+        ax.set_ylabel("retention")
+        ax.set_ylim(0, 1.05)
+        ax.legend(loc="best", fontsize=8)
+    if "band" in axes:
+        x, y = smooth(series("band_trigger_rate"))
+        axes["band"].plot(x, y, color="#ff7f0e")
+        axes["band"].set_ylabel("band trigger rate")
+        axes["band"].set_ylim(-0.02, 1.02)
+    for key, colour, points in losses:
         if points:
             x, y = smooth(points)
-            axes[2].plot(x, y, color=colour, label=key)
-    axes[2].set_ylabel("loss")
-    axes[2].set_xlabel("step (forward passes)")
-    axes[2].legend(loc="best", fontsize=8)
-    fig.suptitle(f"{Path(log).name}: {len(rows)} steps; shading: " + ", ".join(sorted({r['stage'] for r in rows})))
-    fig.tight_layout()
+            axes["loss"].plot(x, y, color=colour, label=key)
+    axes["loss"].set_ylabel("loss")
+    axes["loss"].set_xlabel("step (forward passes)")
+    axes["loss"].legend(loc="best", fontsize=8)
+    from matplotlib.patches import Patch
+
+    # The colour key of the stage shading, in the order the stages came.
+    fig.legend(handles=[Patch(facecolor=STAGE_COLOURS.get(stage, "#ffffff"), edgecolor="#999999", label=f"{stage} stage")
+                        for stage in stages],
+               loc="upper right", ncol=len(stages), fontsize=8, title="shading", title_fontsize=8)
+    fig.suptitle(f"{Path(log).name}: {len(rows)} steps", x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -207,6 +207,20 @@ def truncate_log(path: Path, micro_step: int) -> None:
     _write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """What a user may pass for a training run's checkpoint: the run folder (its newest complete
+    checkpoint), OUT/checkpoints (likewise), the OUT/checkpoints/latest pointer file, or a
+    checkpoint folder itself. Anything else is returned as it is."""
+    path = Path(path)
+    if path.is_file() and path.name == "latest":  # OUT/checkpoints/latest
+        return latest(path.parent.parent)
+    if path.is_dir() and (path / "checkpoints" / "latest").is_file():  # OUT
+        return latest(path)
+    if path.is_dir() and path.name == "checkpoints" and (path / "latest").is_file():  # OUT/checkpoints
+        return latest(path.parent)
+    return path
+
+
 def latest(output_dir: str | Path) -> Path | None:
     root = checkpoints_dir(output_dir)
     pointer = root / "latest"

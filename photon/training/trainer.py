@@ -159,7 +159,7 @@ def _load_backbone(cfg: TrainConfig, device: torch.device):
     from photon.core import checkpoint
     from photon.core.api import backbone_spec
 
-    source = cfg.model.checkpoint or cfg.model.backbone
+    source = str(checkpoints.resolve_checkpoint(cfg.model.checkpoint)) if cfg.model.checkpoint else cfg.model.backbone
     options = {}
     if cfg.model.attn_implementation:
         options["attn_implementation"] = cfg.model.attn_implementation
