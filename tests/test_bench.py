@@ -152,3 +152,48 @@ def test_bench_measures_qwen3_vl_with_every_baseline(tmp_path, capsys):
         assert c["kept_tokens"] == [8, 8]
         assert 0 < c["ideal_ratios"]["prefill_s"] < 1
     assert {c["label"]: c["layer"] for c in configs}["visionzip@0.5"] == -1
+
+
+def test_the_stock_training_step_computes_the_same_loss_as_an_attached_model():
+    import photon
+    from photon.bench import workload
+    from photon.bench.clock import training_loss
+    from photon.bench.models import ModelSpec, build_model
+
+    model, encoder = build_model(ModelSpec(size="tiny"))
+    _, train = workload.batches(encoder, 64, 2)
+    with torch.no_grad():
+        stock = training_loss(model, train)
+        full = model(**train).loss  # the bare model's own loss, logits at every position
+        photon.attach(model, mode="zero_shot", keep="all")
+        attached = training_loss(model, train)
+    torch.testing.assert_close(stock, full)
+    torch.testing.assert_close(stock, attached)
+
+
+@pytest.mark.parametrize("cache", ["evict_all", "keep_early"])
+def test_kv_cache_bytes_follow_the_kept_tokens(cache):
+    import photon
+    from photon.bench import flops, workload
+    from photon.bench.clock import cache_bytes, time_generate
+    from photon.bench.models import ModelSpec, build_model
+
+    model, encoder = build_model(ModelSpec(size="tiny"))
+    prompt, _ = workload.batches(encoder, 64, 2)
+    dims = flops.dims_of(model.config)
+    stock = time_generate(model, model.model.visual, prompt, 3)
+    photon.attach(model, mode="zero_shot", keep_ratio=0.25, cache=cache)
+    pruned = time_generate(model, model.model.visual, prompt, 3)
+    kept = [r["n_kept"] for r in photon.last_selection(model)]
+    tokens = int(prompt["attention_mask"][0].sum())
+    visual = int((prompt["mm_token_type_ids"][0] > 0).sum())
+    shapes = [flops.SampleShape(tokens=tokens, visual=visual, instruction=0, kept=k, frames=()) for k in kept]
+    per_token = 2 * dims.text.kv_heads * dims.text.head_dim * 4
+    assert stock["kv_bytes_after_prefill"] == 2 * tokens * dims.text.layers * per_token
+    assert stock["kv_bytes_final"] == 2 * (tokens + 2) * dims.text.layers * per_token
+    for key, new in (("kv_bytes_after_prefill", 0), ("kv_bytes_final", 2)):
+        ideal = flops.kv_cache_bytes(dims, shapes, 1, cache == "evict_all", new, 4)
+        assert pruned[key] == ideal
+    if cache == "keep_early":
+        assert pruned["kv_bytes_after_prefill"] > flops.kv_cache_bytes(dims, shapes, 1, True, 0, 4)
+    assert cache_bytes(None) == 0

@@ -60,29 +60,68 @@ def generate(model, inputs: dict, new_tokens: int) -> None:
         model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
 
+def cache_bytes(cache) -> int:
+    """Bytes the KV cache's key and value tensors hold, every layer."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens: int) -> dict[str, float]:
-    """One generate() split into phases (seconds)."""
+    """One generate() split into phases (seconds), and the KV cache's bytes after the prefill
+    and after the last decode step (read from the cache tensors, outside the timed calls' work)."""
     device = next(model.parameters()).device
-    with timing(vision_tower, device) as vision, timing(model, device) as calls:
-        synchronize(device)
-        start = time.perf_counter()
-        generate(model, inputs, new_tokens)
-        synchronize(device)
-        total = time.perf_counter() - start
+    kv = {}
+
+    def after_call(module, args, kwargs, output):
+        if "kv_bytes_after_prefill" not in kv:
+            kv["kv_bytes_after_prefill"] = cache_bytes(getattr(output, "past_key_values", None))
+
+    handle = model.register_forward_hook(after_call, with_kwargs=True)
+    try:
+        with timing(vision_tower, device) as vision, timing(model, device) as calls:
+            synchronize(device)
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                     return_dict_in_generate=True)
+            synchronize(device)
+            total = time.perf_counter() - start
+    finally:
+        handle.remove()
     return {
         "vision_s": sum(vision.durations),
         "prefill_s": calls.durations[0],
         "decode_s_per_token": fmean(calls.durations[1:]) if len(calls.durations) > 1 else float("nan"),
         "generate_s": total,
+        **kv,
+        "kv_bytes_final": cache_bytes(out.past_key_values),
     }
+
+
+def training_loss(model, inputs: dict) -> torch.Tensor:
+    """The loss of one training forward, computed the same way for every configuration: logits
+    over the answer window only (`logits_to_keep`), the cross-entropy on the labels cut to it.
+    An attached model does this itself; the stock model is asked for the same window, so a
+    train-step ratio measures pruning, not a full-vocabulary LM head over the visual prefix."""
+    from photon.core.losses import answer_window, causal_lm_loss
+
+    if getattr(model, "_photon", None) is not None:
+        return model(**inputs).loss
+    labels = inputs["labels"]
+    window = answer_window(labels)
+    out = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=window)
+    return causal_lm_loss(out.logits, labels[:, -window:])
 
 
 def train_step(model, inputs: dict) -> None:
     """Forward with labels, backward; gradients dropped (no optimizer: the step's compute only)."""
     model.train()
     try:
-        loss = model(**inputs).loss
-        loss.backward()
+        training_loss(model, inputs).backward()
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()

@@ -210,3 +210,22 @@ def configuration_flops(
 def frames_of(grids: list[tuple[int, int, int]]) -> tuple[tuple[int, int], ...]:
     """(h, w) per temporal step of a sample's media, from their (t, h, w) patch grids."""
     return tuple((h, w) for t, h, w in grids for _ in range(t))
+
+
+def kv_cache_bytes(dims: ModelDims, shapes: list[SampleShape], layer: int | None, evict_all: bool, new_tokens: int,
+                   element_bytes: int) -> int:
+    """What a KV cache holding exactly each sample's kept prompt plus `new_tokens` generated ones
+    weighs: keys and values of every layer, no padding. Layers up to the selection layer hold
+    the full prompt unless their caches are evicted too (evict_all); stock (layer None) holds it all."""
+    t = dims.text
+    per_token_layer = 2 * t.kv_heads * t.head_dim * element_bytes
+    total = 0
+    for s in shapes:
+        full = s.tokens + new_tokens
+        kept = s.tokens - s.visual + s.kept + new_tokens
+        if layer is None:
+            total += t.layers * full
+            continue
+        early = layer + 1 if layer >= 0 else 0  # layers 0..l saw the full prompt
+        total += early * (kept if evict_all else full) + (t.layers - early) * kept
+    return total * per_token_layer

@@ -117,6 +117,7 @@ def _measure_rounds(model, vision_tower, configs, prompt, train, options, step) 
     """Warm-up, then interleaved measured rounds: (time samples, selection facts) by label."""
     samples = {c.label: {name: [] for name in TIMES} for c in configs}
     selections: dict[str, dict] = {}
+    kv: dict[str, dict] = {}  # the KV cache's bytes (the same every round)
     rounds = options.warmup + options.repeats
     for r in range(rounds):
         shift = r % len(configs)
@@ -139,7 +140,8 @@ def _measure_rounds(model, vision_tower, configs, prompt, train, options, step) 
             if r >= options.warmup:
                 for name in TIMES:
                     samples[config.label][name].append(times[name])
-    return samples, selections
+                kv[config.label] = {key: times[key] for key in ("kv_bytes_after_prefill", "kv_bytes_final")}
+    return samples, selections, kv
 
 
 def _summary(values: list[float]) -> dict:
@@ -173,7 +175,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
     )
     dims = flops.dims_of(model.config)
     adapter = spec_for_model(model).make_adapter(model)
-    samples, selections = _measure_rounds(model, adapter.vision_tower(model), configs, prompt, train, options, step)
+    samples, selections, kv = _measure_rounds(model, adapter.vision_tower(model), configs, prompt, train, options, step)
+    kv_element = next(model.parameters()).element_size()
 
     stock_shapes = _shapes(adapter, prompt, [0] * options.batch)
     train_logits = answer_window(train["labels"])  # the positions a training forward computes logits for
@@ -201,6 +204,14 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
                 "kept_tokens": kept,
                 "times": {name: _summary(v) for name, v in samples[config.label].items()},
                 "flops": counted,
+                "kv_cache": {
+                    "after_prefill": kv[config.label]["kv_bytes_after_prefill"],
+                    "final": kv[config.label]["kv_bytes_final"],
+                    "ideal_after_prefill": flops.kv_cache_bytes(dims, shapes, chosen["layer"] if chosen else None,
+                                                                chosen["evict_all"] if chosen else True, 0, kv_element),
+                    "ideal_final": flops.kv_cache_bytes(dims, shapes, chosen["layer"] if chosen else None,
+                                                        chosen["evict_all"] if chosen else True, options.new_tokens - 1, kv_element),
+                },
             }
         )
     if options.memory:
@@ -263,12 +274,18 @@ def _add_ratios(results: list[dict], statistic: str) -> None:
         ratios = {name: _ratio(r["times"][name][statistic], stock["times"][name][statistic]) for name in TIMES}
         ideal = {name: _ratio(r["flops"][key], stock["flops"][key]) for name, key in IDEAL.items()}
         ratios["kept_tokens"] = _ratio(sum(r["kept_tokens"]), sum(r["visual_tokens"]))
+        for phase in ("after_prefill", "final"):
+            ratios[f"kv_bytes_{phase}"] = _ratio(r["kv_cache"][phase], stock["kv_cache"][phase])
+            ideal[f"kv_bytes_{phase}"] = _ratio(r["kv_cache"][f"ideal_{phase}"], stock["kv_cache"][f"ideal_{phase}"])
         ideal["kept_tokens"] = r["keep_ratio"] if r["pruner"] else 1.0
         if "memory" in r and "memory" in stock:
             for phase in ("generate", "train"):
                 mine, theirs = r["memory"][phase], stock["memory"][phase]
                 ratios[f"{phase}_peak_memory"] = _ratio(mine["peak"], theirs["peak"])
                 ratios[f"{phase}_memory_above_base"] = _ratio(mine["peak"] - mine["base"], theirs["peak"] - theirs["base"])
+            # Activation checkpointing beside the plain step, same configuration: what it saves.
+            plain, checkpointed = r["memory"]["train"], r["memory"]["train_checkpointed"]
+            ratios["train_checkpointed_memory_above_base"] = _ratio(checkpointed["peak"] - checkpointed["base"], plain["peak"] - plain["base"])
         r["ratios"], r["ideal_ratios"] = ratios, ideal
 
 

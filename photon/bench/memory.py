@@ -30,7 +30,7 @@ def cuda_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
 
     device = next(model.parameters()).device
     out = {"method": "cuda_max_memory_allocated"}
-    for phase, run in (("generate", lambda: generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train))):
+    for phase, run in phases(model, prompt, train, new_tokens):
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -81,6 +81,22 @@ def peak_bytes(device: torch.device) -> int | None:
     return _status_kib("VmHWM") * 1024 if can_measure_rss() else None
 
 
+def phases(model, prompt: dict, train: dict, new_tokens: int):
+    """(name, run) of each measured phase: generate, a training step, and the same step with
+    activation (gradient) checkpointing, which trades recomputation for activation memory."""
+    from photon.bench.clock import generate, train_step
+
+    def checkpointed():
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            train_step(model, train)
+        finally:
+            model.activation_checkpointing_disable()
+
+    return (("generate", lambda: generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train)),
+            ("train_checkpointed", checkpointed))
+
+
 def rss_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
     """Peak RSS per phase of this process (call it in a fresh one)."""
     from photon.bench.clock import generate, train_step
@@ -88,7 +104,7 @@ def rss_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
     generate(model, prompt, min(new_tokens, 2))  # warm-up: one-time allocations are not the workload's
     train_step(model, train)
     out = {"method": "rss_fresh_process"}
-    for phase, run in (("generate", lambda: generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train))):
+    for phase, run in phases(model, prompt, train, new_tokens):
         base = _reset_peak()
         run()
         out[phase] = {"base": base, "peak": _status_kib("VmHWM") * 1024}

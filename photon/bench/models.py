@@ -105,6 +105,7 @@ class ModelSpec:
     dtype: str = "float32"
     device: str = "cpu"
     attn: str = "sdpa"
+    volume_embedding: bool = False  # install Photon's grey 3D patch embedding (seeded random kernel)
 
     def describe(self) -> str:
         if self.backbone:
@@ -133,6 +134,8 @@ def build_model(spec: ModelSpec, *, with_encoder: bool = True):
     if spec.backbone:
         loaded = _load_backbone(spec.backbone, spec.attn)
         model = loaded.model.to(device=spec.device, dtype=dtype).eval()
+        if spec.volume_embedding:
+            raise PhotonError("volume_embedding applies to the random-weight sizes; a real backbone brings its own")
         return model, loaded.encoder if with_encoder else None
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
@@ -142,8 +145,43 @@ def build_model(spec: ModelSpec, *, with_encoder: bool = True):
     with torch.device(spec.device):
         make = Qwen3VLForConditionalGeneration if family == QWEN3 else Qwen2_5_VLForConditionalGeneration
         model = make._from_config(config, dtype=dtype)
+    if spec.volume_embedding:
+        volume_embedding(model, seed=spec.seed).install(model)
     model.eval()
-    return model, _encoder(model, family) if with_encoder else None
+    return model, encoder_for_model(model, family) if with_encoder else None
+
+
+class EmbeddingSwap:
+    """One patch embedding of a model, with the vision-config fields that go with it, so a
+    benchmark can switch one model between Qwen's RGB embedding and Photon's 3D one."""
+
+    def __init__(self, module, in_channels: int, temporal_patch_size: int):
+        self.module, self.in_channels, self.temporal_patch_size = module, in_channels, temporal_patch_size
+
+    @classmethod
+    def current(cls, model) -> "EmbeddingSwap":
+        vision = model.config.vision_config
+        return cls(model.model.visual.patch_embed, vision.in_channels, vision.temporal_patch_size)
+
+    def install(self, model) -> None:
+        model.model.visual.patch_embed = self.module
+        for config in (model.config.vision_config, model.model.visual.config):
+            config.in_channels, config.temporal_patch_size = self.in_channels, self.temporal_patch_size
+
+
+def volume_embedding(model, seed: int = 0) -> EmbeddingSwap:
+    """Photon's 3D patch embedding for this model (seeded random kernel), not yet installed."""
+    rgb = EmbeddingSwap.current(model)
+    family = QWEN3 if model.config.model_type == "qwen3_vl" else QWEN25
+    if family == QWEN3:
+        qwen3_vl.install_volume_embedding(model, init="random", seed=seed)
+    else:
+        from photon.adapters.qwen2_5_vl import install_volume_embedding
+
+        install_volume_embedding(model, init="random", seed=seed)
+    grey = EmbeddingSwap.current(model)
+    rgb.install(model)
+    return grey
 
 
 def _load_backbone(source: str, attn: str):
@@ -165,7 +203,7 @@ def _load_backbone(source: str, attn: str):
     return spec_for_model_type(model_type).load_folder(source, attn_implementation=attn)
 
 
-def _encoder(model, family: str):
+def encoder_for_model(model, family: str):
     """Photon's input encoder for a random-weight model, with the family's real tokenizer."""
     if family == QWEN3:
         from photon.adapters.tokenizer import qwen3_tokenizer

@@ -15,6 +15,7 @@ MEMORY_COLUMNS = (
     ("gen above base", "generate_memory_above_base"),
     ("train peak", "train_peak_memory"),
     ("train above base", "train_memory_above_base"),
+    ("ckpt/plain train", "train_checkpointed_memory_above_base"),
 )
 
 
@@ -68,8 +69,16 @@ def render(result: dict) -> str:
         row += [f"{_num(r[key])} ({_num(i[key])})" for _, key in TIME_COLUMNS]
         rows.append(row)
     lines += _grid(header, rows)
+    kv = stock["kv_cache"]
+    lines += ["", f"KV cache bytes, ratio to stock (ideal from the kept counts, no padding); stock holds "
+                  f"{_mib(kv['after_prefill'])} after the prefill, {_mib(kv['final'])} after the last decode step:"]
+    kv_rows = [[c["label"], f"{_num(c['ratios']['kv_bytes_after_prefill'], 3)} ({_num(c['ideal_ratios']['kv_bytes_after_prefill'], 3)})",
+                f"{_num(c['ratios']['kv_bytes_final'], 3)} ({_num(c['ideal_ratios']['kv_bytes_final'], 3)})",
+                _num(c["kv_cache"]["after_prefill"] / c["kv_cache"]["ideal_after_prefill"], 3)] for c in configs[1:]]
+    lines += _grid(["config", "after prefill", "after decode", "measured/ideal"], kv_rows)
     if "memory" in stock:
-        lines += ["", "peak memory, ratio to stock (above base: minus weights, inputs and runtime before the phase):"]
-        mem_rows = [[c["label"]] + [_num(c["ratios"].get(key)) for _, key in MEMORY_COLUMNS] for c in configs[1:]]
+        lines += ["", "peak memory, ratio to stock (above base: minus weights, inputs and runtime before the phase; "
+                      "ckpt/plain train: the training step with activation checkpointing over the plain step, same configuration):"]
+        mem_rows = [[c["label"]] + [_num(c["ratios"].get(key)) for _, key in MEMORY_COLUMNS] for c in configs]
         lines += _grid(["config"] + [name for name, _ in MEMORY_COLUMNS], mem_rows)
     return "\n".join(lines)

@@ -46,6 +46,11 @@ def configure(parser):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--json", metavar="OUT", help="write every measurement to this JSON file")
+    parser.add_argument("--paper-table", action="store_true",
+                        help="the paper's efficiency table: stock, Photon (3D embedding + ITS) and Photon Max on one volume "
+                             "(docs/benchmarks.md); --pruners and --keep do not apply")
+    parser.add_argument("--volume", default="140,280,280", metavar="D,H,W",
+                        help="with --paper-table: the volume's depth, height and width (default 140,280,280, the paper's)")
 
 
 def options_from(args):
@@ -96,6 +101,9 @@ def run(args):
     from photon.bench.report import render
 
     options = options_from(args)
+    volume = _csv(int)(args.volume)
+    if len(volume) != 3 or min(volume) < 1:
+        raise PhotonError(f"--volume takes D,H,W (three positive sizes), got {args.volume!r}")
     with tqdm(desc="photon bench", file=sys.stderr, unit="step") as bar:
 
         def progress(message, step, total):
@@ -103,9 +111,14 @@ def run(args):
             bar.n = step
             bar.set_postfix_str(message, refresh=True)
 
-        result = run_bench(options, progress=progress)
+        if args.paper_table:
+            from photon.bench.paper import render_paper_table, run_paper_table
+
+            result = run_paper_table(options, volume, progress=progress)
+        else:
+            result = run_bench(options, progress=progress)
         bar.n = bar.total
-    print(render(result))
+    print(render_paper_table(result) if args.paper_table else render(result))
     if args.json:
         write_json(args.json, result)
         print(f"\nwrote {args.json}")

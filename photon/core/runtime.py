@@ -14,6 +14,7 @@ kept positions (plus the new tokens) in every layer whose cache was reduced.
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 import functools
 import types
 from dataclasses import dataclass, field
@@ -67,6 +68,52 @@ class ForwardInfo:
         return self.selection.q
 
 
+class SelectionRecords(Sequence):
+    """One record per sample of a prefill, built on first access: the forward only keeps the
+    (small) tensors, so a prefill nobody inspects pays no host syncs or Python lists for them.
+    Built, each is {keep, theta, rho, n_visual, n_kept, selected, rule, pruner, layer, fallback, grids}."""
+
+    def __init__(self, *, keep, selected, vision, rho, theta, fixed, fallback, grids):
+        self._tensors = (keep, selected, vision, rho, theta)
+        self._fixed, self._fallback, self._grids = fixed, fallback, grids
+        self._built: list[dict] | None = None
+
+    def __len__(self) -> int:
+        return self._tensors[2].shape[0]
+
+    def __getitem__(self, index):
+        return self._build()[index]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def _build(self) -> list[dict]:
+        if self._built is None:
+            keep, selected, vision, rho, theta = self._tensors
+            # One host transfer per tensor, then plain Python.
+            keep_rows, vision_rows = keep.cpu().tolist(), vision.cpu().tolist()
+            rho_rows = None if rho is None else rho.float().cpu().tolist()
+            thetas = None if theta is None else theta.float().cpu().tolist()
+            n_kept, n_selected = keep.sum(1).tolist(), selected.sum(1).tolist()
+            grids = self._grids() or [[] for _ in vision_rows]
+            built = []
+            for b, is_visual in enumerate(vision_rows):
+                positions = [i for i, v in enumerate(is_visual) if v]
+                built.append({
+                    "keep": [keep_rows[b][i] for i in positions],
+                    "theta": None if thetas is None else thetas[b],
+                    "rho": None if rho_rows is None else [round(rho_rows[b][i], 6) for i in positions],
+                    "n_visual": len(positions),
+                    "n_kept": int(n_kept[b]),
+                    "selected": int(n_selected[b]),
+                    **self._fixed,
+                    "fallback": None if self._fallback is None else self._fallback[b],
+                    "grids": grids[b] if b < len(grids) else [],
+                })
+            self._built = built
+        return self._built
+
+
 @dataclass
 class PhotonRuntime:
     model: nn.Module
@@ -115,34 +162,23 @@ class PhotonRuntime:
 
     # -- selection records ---------------------------------------------------------------
     def _record(self, selection: Selection, vision: torch.Tensor, keep_visual: torch.Tensor) -> None:
-        grids = self._inputs.get("grids") or [[] for _ in range(vision.shape[0])]
         selected = keep_visual
         if self.config.keep == "all":  # the selection ran (it is in `selected`), nothing was dropped
             keep_visual = vision
-        records = []
-        for b in range(vision.shape[0]):
-            positions = vision[b].nonzero().squeeze(1)
-            n_visual = int(positions.numel())
-            rho = selection.rho[b, positions] if selection.rho is not None else None
-            records.append(
-                {
-                    "keep": keep_visual[b, positions].tolist(),
-                    "theta": None if selection.theta is None else float(selection.theta[b].detach()),
-                    "rho": None if rho is None else [round(float(r), 6) for r in rho],
-                    "n_visual": n_visual,
-                    "n_kept": int(keep_visual[b].sum()),
-                    "selected": int(selected[b].sum()),
-                    "rule": selection.rule,
-                    "pruner": getattr(self.pruner, "name", type(self.pruner).__name__),
-                    "layer": self.layer,
-                    "fallback": None if selection.fallback is None else selection.fallback[b],
-                    "grids": grids[b],
-                }
-            )
-        self.records = records
+        grid_inputs = dict(self._inputs.get("grid_inputs") or {})
+        self.records = SelectionRecords(
+            keep=keep_visual.detach(),
+            selected=selected.detach(),
+            vision=vision.detach(),
+            rho=None if selection.rho is None else selection.rho.detach(),
+            theta=None if selection.theta is None else selection.theta.detach(),
+            fixed={"rule": selection.rule, "pruner": getattr(self.pruner, "name", type(self.pruner).__name__), "layer": self.layer},
+            fallback=selection.fallback,
+            grids=lambda: _grids(self, grid_inputs),
+        )
         pm = plugins.load_plugins()
         if pm.hook.selection_made.get_hookimpls():
-            pm.hook.selection_made(model=self.model, records=records)
+            pm.hook.selection_made(model=self.model, records=list(self.records))
 
     # -- the decisions of one prefill -----------------------------------------------------
     def _decide(self, ctx: SelectionContext, padding: torch.Tensor) -> tuple[Selection, torch.Tensor, torch.Tensor]:
@@ -402,7 +438,9 @@ def _bind_outer_forward(rt: PhotonRuntime, stock_forward):
             if not isinstance(window, int):
                 raise PhotonError("with labels, logits_to_keep must be an int (a trailing window), not index tensors")
             kwargs["logits_to_keep"] = window
-        rt._inputs = {"input_ids": input_ids, "grids": _grids(rt, {**rt._generate_grids, **kwargs})}
+        # What the records need to place each medium's grid, read only if someone asks for them.
+        grid_inputs = {key: kwargs.get(key, rt._generate_grids.get(key)) for key in ("image_grid_thw", "video_grid_thw")}
+        rt._inputs = {"input_ids": input_ids, "grid_inputs": {"input_ids": input_ids, **grid_inputs}}
         if getattr(kwargs.get("past_key_values"), "_photon", None) is None:
             rt.last = None  # a new prompt: the previous prefill's tensors no longer apply
         try:
