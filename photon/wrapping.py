@@ -152,7 +152,15 @@ def open_model(
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise PhotonError(f"--device {device}: not a device name; expected auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PhotonError(f"--device {device}: this machine has no CUDA device; use cpu (or auto)")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise PhotonError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return resolved
 
 
 def spec_of(loaded: Loaded):
@@ -220,8 +228,11 @@ def summarize(loaded: Loaded, options: dict[str, dict[str, Any]] | None = None) 
     side, frames = EXAMPLE_SIDE, EXAMPLE_FRAMES
     tokens[f"image {side}x{side}"] = visual_token_count(1, side, side, *geometry)
     tokens[f"video {frames} frames {side}x{side}"] = visual_token_count(frames, side, side, *geometry)
+    parameter = next(model.parameters())
     return {
         "backbone": loaded.backbone,
+        "device": str(parameter.device),
+        "dtype": str(parameter.dtype).removeprefix("torch."),
         "adapter": runtime.adapter.family,
         "decoder_layers": runtime.num_layers,
         "selection_layer": runtime.layer,

@@ -51,12 +51,19 @@ def asked(volume, tmp_path_factory):
 
 
 def test_json_fields_are_present_and_consistent(asked):
-    result, err, _ = asked
+    result, err, folder = asked
     for key in ("answer", "backbone", "mode", "n_visual", "n_kept", "keep_ratio", "theta", "prefill_s", "decode_s", "rule"):
         assert key in result
     assert result["backbone"] == "qwen2.5-vl-tiny" and result["mode"] == "zero_shot" and result["rule"] == "zero_shot:mean"
     assert result["n_visual"] == TOKENS and 1 <= result["n_kept"] < TOKENS
     assert result["keep_ratio"] == pytest.approx(result["n_kept"] / result["n_visual"])
+    # The counts agree with the selection the same run saved: the kept mask and the rule's threshold.
+    selection = load_selection(folder)
+    assert len(selection["keep"]) == result["n_visual"] and sum(selection["keep"]) == result["n_kept"]
+    rho, mean = np.asarray(selection["rho"]), float(np.mean(selection["rho"]))
+    assert result["theta"] == pytest.approx(mean, abs=1e-5)  # zero_shot:mean keeps rho above the sample's mean
+    keep = np.asarray(selection["keep"])
+    assert (rho[keep] >= mean - 1e-5).all() and (rho[~keep] <= mean + 1e-5).all()  # (rho is rounded to 6 places)
     assert 0 < result["theta"] < 1 and result["prefill_s"] > 0 and result["decode_s"] > 0
     assert result["total_s"] == pytest.approx(result["prefill_s"] + result["decode_s"], abs=2e-6)
     assert "answers are meaningless" in err
@@ -170,12 +177,21 @@ def test_errors_name_the_problem_and_exit_2(argv, message, capsys, volume, saved
         assert "qwen2.5-vl-tiny" in err and "qwen3-vl-tiny" in err
 
 
-def test_a_saved_checkpoint_answers_like_the_backbone_it_wraps(capsys, volume, saved_checkpoint):
+def test_a_saved_checkpoint_answers_like_the_model_it_holds(capsys, volume, tmp_path):
+    from photon.core import checkpoint as checkpoints
+
+    # Weights of its own, unlike the seeded backbone it names: ignoring them would show.
+    own = load_tiny(seed=17, initializer_range=0.3)
+    photon.attach(own.model, mode="zero_shot", layer=2)
+    folder = checkpoints.save_folder(own.model, own.encoder.tokenizer, tmp_path / "own", backbone="qwen2.5-vl-tiny")
     argv = ["--input", str(volume), "--question", QUESTION, "--json", *FAST]
-    code, out, _ = cli(capsys, "attach", "--checkpoint", str(saved_checkpoint), "--backbone", "qwen2.5-vl-tiny", *argv)
+    code, out, _ = cli(capsys, "attach", "--checkpoint", str(folder), "--backbone", "qwen2.5-vl-tiny", *argv)
     assert code == 0
     from_checkpoint = json.loads(out)
-    code, out, _ = cli(capsys, "attach", "--backbone", "qwen2.5-vl-tiny", *argv)
-    direct = json.loads(out)
-    for key in ("answer", "backbone", "mode", "rule", "n_visual", "n_kept", "theta"):
+    direct = ask(own, volume, QUESTION, max_new_tokens=4, media_options=media_options(own, RAW_CT)).as_dict()
+    for key in ("answer", "backbone", "mode", "rule", "layer", "n_visual", "n_kept"):
         assert from_checkpoint[key] == direct[key], key
+    assert from_checkpoint["theta"] == pytest.approx(direct["theta"], abs=1e-6)
+    code, out, _ = cli(capsys, "attach", "--backbone", "qwen2.5-vl-tiny", "--layer", "2", *argv)
+    by_name = json.loads(out)
+    assert (by_name["answer"], by_name["theta"]) != (from_checkpoint["answer"], from_checkpoint["theta"])

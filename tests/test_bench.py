@@ -104,7 +104,11 @@ def test_bench_command_runs_end_to_end(tmp_path, capsys):
     assert not missing, f"docs/benchmarks.md does not document {sorted(missing)}"
 
     stock, pruned = result["configurations"][0], result["configurations"][1:]
-    assert all(v == 1 for v in stock["ratios"].values())
+    statistic = result["command_options"]["statistic"]
+    for c in pruned:  # each ratio is this configuration's figure over stock's, with the chosen statistic
+        for name, timing in c["times"].items():
+            assert c["ratios"][name] == pytest.approx(timing[statistic] / stock["times"][name][statistic]), name
+        assert c["ratios"]["kv_bytes_after_prefill"] == pytest.approx(c["kv_cache"]["after_prefill"] / stock["kv_cache"]["after_prefill"])
     for c in pruned:
         assert c["kept_tokens"] == [8, 8]  # half of 16 visual tokens per sample
         assert c["ratios"]["kept_tokens"] == c["ideal_ratios"]["kept_tokens"] == 0.5

@@ -88,6 +88,27 @@ def test_attach_save_writes_a_folder_every_loader_rebuilds(tmp_path):
     assert torch.equal(_logits(reference, sample), _logits(again, sample))
     assert photon.last_selection(again.model) == photon.last_selection(reference.model)
     assert again.model._photon.layer == 2
+    # The folder's weights are what loads, not the seeded backbone its photon.yaml names.
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    key = "model.language_model.norm.weight"
+    state[key] = state[key] * 3.0
+    save_file(state, str(weights), metadata={"format": "pt"})
+    changed = photon.load(str(folder))
+    with torch.no_grad():
+        reference.model.model.language_model.norm.weight.mul_(3.0)
+    assert not torch.equal(_logits(changed, sample), _logits(load_qwen3_tiny_attached(), sample))
+    assert torch.equal(_logits(changed, sample), _logits(reference, sample))
+
+
+def load_qwen3_tiny_attached():
+    from photon.adapters.qwen3_vl import load_tiny as load_qwen3_tiny
+
+    seeded = load_qwen3_tiny()
+    photon.attach(seeded.model, mode="zero_shot", layer=2, keep_ratio=0.3)
+    return seeded
 
 
 def test_the_3d_patch_embedding_is_saved_and_restored(tmp_path):

@@ -46,6 +46,12 @@ def test_records_reach_the_tiny_backbone_with_the_token_counts_inspect_reports(n
         placeholders = int((batch["mm_token_type_ids"][row] > 0).sum())
         assert placeholders == reported["visual_tokens"], path
 
+    inputs = model_inputs(batch)
     with torch.no_grad():
-        loss = loaded.model(**model_inputs(batch)).loss
-    assert torch.isfinite(loss)
+        loss = loaded.model(**inputs).loss
+        logits = loaded.model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    # The loss is the mean next-token cross-entropy over exactly the answer tokens.
+    labels = batch["labels"]
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                                               ignore_index=-100)
+    torch.testing.assert_close(loss, manual, rtol=1e-5, atol=1e-5)

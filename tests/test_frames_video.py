@@ -63,7 +63,17 @@ def test_single_dicom_slice_is_an_image_in_unit_range():
     assert media.kind == "image" and media.frames.shape == (1, 3, 140, 140)
     assert media.frames.min() == 0.0 and media.frames.max() == 1.0
     windowed = load_media(get_testdata_file("CT_small.dcm"), window=[-160, 240], channels=1)
-    assert windowed.frames.shape == (1, 1, 140, 140) and 0.0 <= windowed.frames.mean() <= 1.0
+    assert windowed.frames.shape == (1, 1, 140, 140)
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    expected = (np.clip(hu, -160, 240) + 160) / 400  # the soft-tissue window mapped to [0, 1]
+    assert 0 < (expected == 0).mean() < 1 and 0 < (expected == 1).mean() < 1  # the window clips on both sides here
+    # Resized from 128 x 128 to Qwen's grid: compare the image's mean and the clipped share, which resizing keeps.
+    frame = windowed.frames[0, 0]
+    assert abs(float(frame.mean()) - float(expected.mean())) < 0.02
+    assert abs(float((frame <= 0.001).mean()) - float((expected == 0).mean())) < 0.05
 
 
 def test_truncated_image_is_named(tmp_path):

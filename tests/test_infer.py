@@ -7,10 +7,12 @@ import nibabel as nib
 import numpy as np
 import photon
 import pytest
+import torch
 
 from photon.adapters.qwen2_5_vl import load_tiny
 from photon.cli import main
 from photon.core.errors import PhotonError
+from photon.adapters.qwen_inputs import model_inputs
 from photon.inference import PREDICTION_FIELDS, generate_batch, infer
 from photon.wrapping import media_options
 
@@ -146,21 +148,43 @@ def test_decoding_is_plain_greedy_whatever_the_models_generation_defaults(loaded
     batch = loaded.encoder.collate([loaded.encoder.encode(video_sample(0, 4, 56, 84, "Is there a lesion?"), train=False)])
     plain = generate_batch(loaded, batch, 6)[0].answer
     saved = copy.deepcopy(loaded.model.generation_config)
-    try:  # what Qwen's released generation_config.json sets, exaggerated so it would show
+    try:  # what Qwen's released generation_config.json sets, exaggerated so a leak would show
         config = loaded.model.generation_config
-        config.do_sample, config.temperature, config.top_k, config.repetition_penalty = True, 0.1, 1, 5.0
-        assert {generate_batch(loaded, batch, 6)[0].answer for _ in range(2)} == {plain}
+        config.do_sample, config.temperature, config.top_k, config.top_p = True, 5.0, 0, 1.0
+        config.repetition_penalty, config.no_repeat_ngram_size = 5.0, 1
+        inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+        # These settings do change what generate() gives when left to apply...
+        leaked = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                tokens = loaded.model.generate(**inputs, max_new_tokens=6)
+            leaked.append(loaded.encoder.tokenizer.decode(tokens[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        assert any(answer != plain for answer in leaked)
+        # ...and none of them reaches Photon's decoding.
+        for seed in range(3):
+            torch.manual_seed(seed)
+            assert generate_batch(loaded, batch, 6)[0].answer == plain
     finally:
         loaded.model.generation_config = saved
 
 
-def test_infer_from_a_checkpoint_folder_predicts_like_the_model_it_wraps(records, loaded, tmp_path, capsys):
+def test_infer_from_a_checkpoint_folder_predicts_like_the_model_it_wraps(records, tmp_path, capsys):
     from photon.core import checkpoint
 
-    folder = checkpoint.save_folder(loaded.model, loaded.encoder.tokenizer, tmp_path / "wrapped", backbone=loaded.backbone)
-    from_folder, direct = tmp_path / "folder.jsonl", tmp_path / "direct.jsonl"
+    # Weights of its own (not the seeded tiny backbone's), so a loader that ignored the folder's
+    # weights and rebuilt the backbone by name would answer differently.
+    own = load_tiny(seed=21, initializer_range=0.3)
+    photon.attach(own.model, mode="zero_shot")
+    folder = checkpoint.save_folder(own.model, own.encoder.tokenizer, tmp_path / "wrapped", backbone=own.backbone)
+    from_folder, direct, by_name = tmp_path / "folder.jsonl", tmp_path / "direct.jsonl", tmp_path / "by-name.jsonl"
     assert main(["infer", "--checkpoint", str(folder), "--data", str(records), "--out", str(from_folder), "--no-progress",
                  *SMALL_CT]) == 1
-    infer(loaded, records, direct, max_new_tokens=3, media_options=options(loaded), progress=False, report=lambda _: None)
+    infer(own, records, direct, max_new_tokens=3, media_options=options(own), progress=False, report=lambda _: None)
     for x, y in zip(read_lines(from_folder), read_lines(direct), strict=True):
         assert (x["id"], x["answer"], x["n_kept"], x["backbone"], x["rule"]) == (y["id"], y["answer"], y["n_kept"], y["backbone"], y["rule"])
+        assert x["theta"] == pytest.approx(y["theta"], abs=1e-6)
+    assert main(["infer", "--backbone", "qwen2.5-vl-tiny", "--data", str(records), "--out", str(by_name), "--no-progress",
+                 *SMALL_CT]) == 1
+    seeded = [(line["answer"], line["theta"]) for line in read_lines(by_name)]
+    assert seeded != [(line["answer"], line["theta"]) for line in read_lines(from_folder)]  # the folder's weights mattered

@@ -19,7 +19,7 @@ from photon.pruners.fastv import FastVPruner
 from photon.pruners.ise_topk import IseTopKPruner
 from photon.pruners.random_keep import RandomPruner
 from photon.pruners.visionzip import VisionZipPruner
-from reference import capture_text_inputs, reference_logits
+from reference import capture_text_inputs, reference_greedy, reference_logits
 
 BASELINES = ["random", "ise-topk", "fastv", "visionzip", "divprune"]
 
@@ -199,8 +199,12 @@ def test_baselines_remove_tokens_on_qwen3_vl(name):
     assert [r["n_kept"] for r in records] == [6, 3]  # half of 2 x 2 x 3 and 1 x 3 x 2 visual tokens
     info = runtime_of(model).last
     assert info.pruned and out.logits.shape[1] < inputs["input_ids"].shape[1]
-    assert generated.shape == (2, inputs["input_ids"].shape[1] + 2)
+    layer = runtime_of(model).layer
+    merged = info.selection.hidden  # visionzip rewrites kept rows before layer 0
     photon.detach(model)
+    expected = reference_greedy(model, model.model.language_model, inputs, info.keep, layer, evict_all=True, max_new_tokens=2,
+                                prompt_embeds=merged if layer < 0 else None)
+    assert torch.equal(generated[:, -2:], expected)
 
 
 def test_pre_llm_pruning_equals_the_stock_reference(ragged_samples):

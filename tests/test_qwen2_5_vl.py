@@ -12,7 +12,7 @@ from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
 from photon.core.losses import answer_window
 from photon.core.schedule import BatchPlan, Stage
-from reference import capture_text_inputs, reference_logits
+from reference import capture_text_inputs, reference_greedy, reference_logits
 
 from conftest import video_sample
 
@@ -127,8 +127,15 @@ def test_sampling_generate_with_keep_all_matches_stock(ragged_samples):
     photon.attach(model, mode="zero_shot", keep_ratio=0.25)
     torch.manual_seed(7)
     pruned = model.generate(**inputs, max_new_tokens=5, do_sample=True, top_k=50)
-    assert pruned.shape == stock.shape
+    torch.manual_seed(7)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=5, do_sample=True, top_k=50), pruned)  # seeded: reproducible
     assert [r["n_kept"] for r in photon.last_selection(model)] == [3, 2, 3]
+    greedy = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    keep, layer = runtime_of(model).last.keep, runtime_of(model).layer
+    photon.detach(model)
+    expected = reference_greedy(model, model.model.language_model, inputs, keep, layer, evict_all=True, max_new_tokens=5)
+    assert torch.equal(greedy[:, -5:], expected)
+    assert not torch.equal(expected, stock[:, -5:])  # pruning changed the answer: the comparison can fail
 
 
 def test_prompt_without_visual_tokens_runs_unpruned():

@@ -72,9 +72,11 @@ def reference_logits(model, text_model, captured: dict, keep: torch.Tensor, laye
 
 
 @torch.no_grad()
-def reference_greedy(model, text_model, inputs: dict, keep: torch.Tensor, layer: int, *, evict_all: bool, max_new_tokens: int) -> torch.Tensor:
+def reference_greedy(model, text_model, inputs: dict, keep: torch.Tensor, layer: int, *, evict_all: bool, max_new_tokens: int,
+                     prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy continuation (B, max_new_tokens) computed by the stock layers alone, with Photon's
-    visibility rules (reference_logits) over the growing sequence. Run on a detached model."""
+    visibility rules (reference_logits) over the growing sequence. Run on a detached model.
+    prompt_embeds: the prompt's input rows as a merging pruner rewrote them before layer 0."""
     prompt_len = inputs["input_ids"].shape[1]
     sequences = inputs["input_ids"]
     for _ in range(max_new_tokens):
@@ -87,6 +89,9 @@ def reference_greedy(model, text_model, inputs: dict, keep: torch.Tensor, layer:
             full["mm_token_type_ids"] = torch.cat(
                 [types, torch.zeros(sequences.shape[0], grown, dtype=types.dtype, device=types.device)], 1)
         captured = capture_text_inputs(model, text_model, full)
+        if prompt_embeds is not None:
+            captured["inputs_embeds"] = captured["inputs_embeds"].clone()
+            captured["inputs_embeds"][:, :prompt_len] = prompt_embeds
         logits = reference_logits(model, text_model, captured, keep, layer, evict_all=evict_all, prompt_len=prompt_len)
         sequences = torch.cat([sequences, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return sequences[:, prompt_len:]

@@ -107,7 +107,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary))
         return
-    print(f"backbone: {summary['backbone']} ({summary['backbone_parameters']:,} parameters)")
+    print(f"backbone: {summary['backbone']} ({summary['backbone_parameters']:,} parameters, {summary['dtype']} on {summary['device']})")
     print(f"adapter: {summary['adapter']}")
     print(f"selection layer: {summary['selection_layer']} of decoder layers 0..{summary['decoder_layers'] - 1} "
           "(its output is pruned; later layers see only the kept tokens)")

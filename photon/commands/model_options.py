@@ -92,6 +92,9 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         raise PhotonError(f"--keep-ratio {args.keep_ratio} and --theta {args.theta} both choose the kept tokens; give one")
     if args.layer is not None:
         check_layer(args.layer, args.checkpoint or args.backbone)
+    from photon.wrapping import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks is named before loading
 
 
 def check_layer(layer: int, source: str | None) -> None:

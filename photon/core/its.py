@@ -64,30 +64,34 @@ def instruction_saliency(
     """u_j for every visual token j, zeros elsewhere, (B, L) float32.
 
     query (B, Hq, L, Dh) and key (B, Hkv, L, Dh) are layer l's states after RoPE. Query
-    head h reads key head h // (Hq / Hkv), as in transformers' repeat_kv.
+    head h reads key head h // (Hq / Hkv), as in transformers' repeat_kv. The batch is done at
+    once: each sample's instruction tokens are packed to the front of a (B, T) block (T: the
+    most any sample has) and the padding is masked out, so there is one host sync, not one per
+    sample.
     """
     B, Hq, L, Dh = query.shape
     Hkv = key.shape[1]
     group = Hq // Hkv
     scale = Dh**-0.5
-    u = torch.zeros(B, L, dtype=torch.float32, device=query.device)
-    for b in range(B):
-        t_idx = instruction_mask[b].nonzero().squeeze(1)
-        v_idx = vision_mask[b].nonzero().squeeze(1)
-        if t_idx.numel() == 0 or v_idx.numel() == 0:
-            continue
-        q_t = query[b][:, t_idx].float().view(Hkv, group, -1, Dh)  # (Hkv, group, T, Dh)
-        k_t = key[b][:, t_idx].float()  # (Hkv, T, Dh)
-        scores = torch.einsum("hgtd,hsd->hgts", q_t, k_t) * scale
-        scores = scores.clamp_min(0)
-        scores.diagonal(dim1=-2, dim2=-1).zero_()  # t' != t
-        c = scores.sum(-1).mean(dim=(0, 1))  # mean over the Hq heads -> (T,)
-        w = c / c.sum().clamp_min(1.0)
-        # sum_t w_t <q_t, k_j> = <sum_t w_t q_t, k_j>: one weighted query per head.
-        q_bar = torch.einsum("t,hgtd->hgd", w, q_t)
-        k_v = key[b][:, v_idx].float()  # (Hkv, V, Dh)
-        u[b, v_idx] = torch.einsum("hgd,hvd->v", q_bar, k_v) * (scale / Hq)
-    return u
+    instruction = instruction_mask.bool()
+    T = int(instruction.sum(1).max()) if B else 0
+    if T == 0:
+        return torch.zeros(B, L, dtype=torch.float32, device=query.device)
+    # Instruction positions first, in order (a stable sort of "not instruction"), then padding.
+    order = torch.sort((~instruction).to(torch.uint8), dim=1, stable=True).indices[:, :T]  # (B, T)
+    valid = instruction.gather(1, order)  # (B, T)
+    q_t = query.gather(2, order[:, None, :, None].expand(B, Hq, T, Dh)).float().view(B, Hkv, group, T, Dh)
+    k_t = key.gather(2, order[:, None, :, None].expand(B, Hkv, T, Dh)).float()  # (B, Hkv, T, Dh)
+    scores = torch.einsum("bhgtd,bhsd->bhgts", q_t, k_t) * scale
+    pair = valid[:, None, None, :, None] & valid[:, None, None, None, :]
+    pair = pair & ~torch.eye(T, dtype=torch.bool, device=query.device)  # t' != t
+    scores = torch.where(pair, scores.clamp_min(0), torch.zeros((), device=scores.device))
+    c = scores.sum(-1).mean(dim=(1, 2))  # mean over the Hq heads -> (B, T)
+    w = c / c.sum(1, keepdim=True).clamp_min(1.0)
+    # sum_t w_t <q_t, k_j> = <sum_t w_t q_t, k_j>: one weighted query per head.
+    q_bar = torch.einsum("bt,bhgtd->bhgd", w, q_t)
+    u = torch.einsum("bhgd,bhld->bl", q_bar, key.float()) * (scale / Hq)
+    return torch.where(vision_mask.bool(), u, torch.zeros((), device=u.device))
 
 
 def _masked_minmax(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
