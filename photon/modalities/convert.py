@@ -327,7 +327,7 @@ def convert_slake(src: Path, out: Path, *, split: str = "test", lang: str = "en"
         qa_file, root = next((src / n for n in names if (src / n).is_file()), None), src
         if qa_file is None:
             raise PhotonError(f"{src}: no {' or '.join(names)}; expected the SLAKE folder as published")
-    split_name = qa_file.stem
+    split_name = "validation" if qa_file.stem == "validate" else qa_file.stem  # the same ids whatever a copy calls the file
     for n, row in enumerate(_rows_of(qa_file)):
         where = f"{qa_file}[{n}]"
         if lang != "all" and row.get("q_lang") != lang:
