@@ -276,9 +276,10 @@ def check_same_run(out: Path, first: dict[str, Any], run: dict[str, str], settin
         )
 
 
-def read_done(out: Path, report: Callable[[str], None]) -> tuple[set[str], dict[str, Any] | None]:
+def read_done(out: Path, report: Callable[[str], None], *, repair: bool = True) -> tuple[set[str], dict[str, Any] | None]:
     """Ids already predicted in `out`, and the first line's run fields. A line cut short by an
-    interrupted run is reported and removed (the rest is rewritten atomically)."""
+    interrupted run is reported and removed (the rest is rewritten atomically) when `repair`:
+    in a sharded run only the file's one writer repairs it."""
     if not out.is_file():
         return set(), None
     text = out.read_text(encoding="utf-8")
@@ -293,9 +294,9 @@ def read_done(out: Path, report: Callable[[str], None]) -> tuple[set[str], dict[
             good.append((line, row))
         except ValueError:
             bad.append(n)
-    if bad:
+    if bad and repair:
         report(f"{out}: dropping {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:5]))}), likely cut short by an interrupted run")
-    if bad or (text and not text.endswith("\n")):  # appending must start on a fresh line
+    if repair and (bad or (text and not text.endswith("\n"))):  # appending must start on a fresh line
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text("".join(line + "\n" for line, _ in good), encoding="utf-8")
         os.replace(tmp, out)
@@ -309,9 +310,30 @@ class InferOutcome:
     resumed: int  # ids found already done in the output
     skipped: int  # bad records (reported)
     out: Path
+    seconds: float = 0.0
+    ranks: list[dict] = field(default_factory=list)  # per-rank facts of a sharded run (rank 0 only)
 
     def __str__(self) -> str:
         return f"wrote {self.written} predictions to {self.out} ({self.resumed} already there, {self.skipped} bad records skipped)"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a data-parallel run: records rank, rank + size, ... in input order.
+
+    Each rank writes its own part file beside --out, resumable by id like --out itself; once all
+    ranks are done, rank 0 merges the parts into --out in input order and removes them."""
+
+    rank: int
+    size: int
+    barrier: Callable[[], None] = lambda: None
+
+    def part(self, out: Path, rank: int | None = None) -> Path:
+        return out.with_name(f".{out.name}.part-{self.rank if rank is None else rank}-of-{self.size}")
+
+    def stats(self, out: Path, rank: int | None = None) -> Path:
+        part = self.part(out, rank)
+        return part.with_name(part.name + ".stats.json")
 
 
 def infer(
@@ -327,30 +349,44 @@ def infer(
     prune: bool = True,
     progress: bool = True,
     report: Callable[[str], None] = print_problem,
+    shard: Shard | None = None,
 ) -> InferOutcome:
     """Predict every record of `data` into the JSONL `out`, resuming by id: records whose id is
     already in `out` are skipped. Bad records are reported and skipped (strict: stop).
-    prune=False predicts with the stock forward (mode "unpruned"), the baseline to compare with."""
+    prune=False predicts with the stock forward (mode "unpruned"), the baseline to compare with.
+    shard: this process's share of a data-parallel run (Shard); every rank calls infer."""
     from tqdm import tqdm
 
     if batch_size < 1:
         raise PhotonError(f"batch size must be at least 1, got {batch_size}")
     out = Path(out)
+    shard = shard or Shard(0, 1)
+    sharded = shard.size > 1
+    target = shard.part(out) if sharded else out
     runtime = runtime_of(loaded.model)
     media_options = media_options or default_options(loaded)
     run = {"backbone": loaded.backbone, "mode": runtime.config.mode if prune else "unpruned",
            "rule": rule_of(loaded.model) if prune else "none"}
     settings = run_settings(loaded, prune=prune, max_new_tokens=max_new_tokens, media_options=media_options)
-    if overwrite and out.exists():
-        out.unlink()
-    done, first = read_done(out, report)
-    if first is not None:
-        check_same_run(out, first, run, settings)
+    if overwrite:
+        if shard.rank == 0 and out.exists():
+            out.unlink()
+        if target.exists():
+            target.unlink()
+        shard.barrier()  # nobody reads --out before rank 0 removed it
+    done: set[str] = set()
+    for path in dict.fromkeys([out, target]):  # the merged file, and (sharded) this rank's part
+        ids, first = read_done(path, report, repair=path == target or shard.rank == 0)
+        if first is not None:
+            check_same_run(path, first, run, settings)
+        done |= ids
     dataset = PhotonDataset(
         data, encoder=loaded.encoder, strict=strict, train=False, media_options=media_options, report=report,
     )
+    mine = range(shard.rank, len(dataset.entries), shard.size)
     todo = []
-    for i, entry in enumerate(dataset.entries):
+    for i in mine:
+        entry = dataset.entries[i]
         if entry.id in done:
             continue
         if not question_text(entry.messages):
@@ -358,12 +394,16 @@ def infer(
             dataset.skip(Problem(entry.where, entry.id, "the question is empty (the last user message holds only media tags)"))
             continue
         todo.append(i)
-    resumed = sum(1 for entry in dataset.entries if entry.id in done)
+    resumed = sum(1 for i in mine if dataset.entries[i].id in done)
     if resumed:
-        report(f"{out}: resuming, {resumed} records already predicted")
+        report(f"{target}: resuming, {resumed} records already predicted")
+    total = _remaining(dataset, out, shard) if sharded else len(todo)
     written = 0
+    started = time.perf_counter()
     context = contextlib.nullcontext() if prune else unpruned(loaded.model)
-    with context, tqdm(total=len(todo), unit="record", desc="infer", disable=not progress) as bar:
+    # One bar for the whole run: rank 0 counts what every rank's part file holds.
+    with context, tqdm(total=total, unit="record", desc="infer", disable=not progress or shard.rank != 0) as bar:
+        before = _part_lines(out, shard) if sharded else 0
         for start in range(0, len(todo), batch_size):
             indices = todo[start : start + batch_size]
             encoded = [(i, dataset[i]) for i in indices]
@@ -374,12 +414,93 @@ def infer(
                 lines = [prediction_line(dataset.entries[i], r, run, settings) for (i, _), r in zip(encoded, results)]
                 # One write per batch: an interrupted run loses at most the line being written. The file
                 # is created by the first answers, so a run that fails before any leaves none behind.
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with open(out, "a", encoding="utf-8") as sink:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "a", encoding="utf-8") as sink:
                     sink.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
                 written += len(lines)
                 ratios = [r.keep_ratio for r in results if r.keep_ratio is not None]
                 if ratios:
                     bar.set_postfix(kept=f"{sum(ratios) / len(ratios):.0%}")
-            bar.update(len(indices))
-    return InferOutcome(written, resumed, len(dataset.problems), out)
+            if sharded:
+                bar.n = min(total, _part_lines(out, shard) - before)
+                bar.refresh()
+            else:
+                bar.update(len(indices))
+        seconds = time.perf_counter() - started
+        outcome = InferOutcome(written, resumed, len(dataset.problems), out, seconds)
+        if sharded:
+            facts = {"rank": shard.rank, "written": written, "resumed": resumed, "skipped": len(dataset.problems), "seconds": seconds}
+            _write_atomic(shard.stats(out), json.dumps(facts))
+            shard.barrier()  # every part is complete
+            if shard.rank == 0:
+                bar.n = total
+                bar.refresh()
+                outcome.ranks = merge_parts(dataset, out, shard)
+            shard.barrier()  # the merged file exists before any rank returns
+    return outcome
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _part_lines(out: Path, shard: Shard) -> int:
+    count = 0
+    for rank in range(shard.size):
+        part = shard.part(out, rank)
+        if part.is_file():
+            with open(part, "rb") as handle:
+                count += sum(1 for _ in handle)
+    return count
+
+
+def _remaining(dataset, out: Path, shard: Shard) -> int:
+    """Records no rank has predicted yet (what the run's one progress bar counts down)."""
+    done: set[str] = set()
+    for path in [out, *(shard.part(out, r) for r in range(shard.size))]:
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    done.add(str(json.loads(line)["id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return sum(1 for entry in dataset.entries if entry.id not in done)
+
+
+def merge_parts(dataset, out: Path, shard: Shard) -> list[dict]:
+    """Rank 0, after every rank finished: --out's lines and every part's, each id once, in the
+    records' input order, written atomically; the parts go. Returns each rank's facts."""
+    rows: dict[str, str] = {}
+    for path in [out, *(shard.part(out, r) for r in range(shard.size))]:
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rows.setdefault(str(json.loads(line)["id"]), line)
+    order = {entry.id: n for n, entry in enumerate(dataset.entries)}
+    ranked = sorted(rows, key=lambda i: (order.get(i, len(order)), i))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, "".join(rows[i] + "\n" for i in ranked))
+    facts = []
+    for rank in range(shard.size):
+        stats = shard.stats(out, rank)
+        if stats.is_file():
+            facts.append(json.loads(stats.read_text()))
+            stats.unlink()
+        shard.part(out, rank).unlink(missing_ok=True)
+    return facts
+
+
+def kept_summary(path: Path) -> str:
+    """The merged predictions' visual tokens: kept of total, and the mean keep ratio."""
+    visual = kept = 0
+    ratios = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        visual += row.get("n_visual") or 0
+        kept += row.get("n_kept") or 0
+        if row.get("keep_ratio") is not None:
+            ratios.append(row["keep_ratio"])
+    mean = f", mean keep ratio {sum(ratios) / len(ratios):.1%}" if ratios else ""
+    return f"kept {kept:,} of {visual:,} visual tokens ({kept / visual:.1%}){mean}" if visual else "no visual tokens"

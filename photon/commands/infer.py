@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from photon.cli import Command
 from photon.commands.model_options import add_model_arguments, check_model_arguments, open_from
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
-from photon.inference import infer
+from photon.inference import Shard, infer, kept_summary
 from photon.wrapping import random_weights_note
 
 
@@ -21,6 +22,7 @@ def configure(parser):
     parser.add_argument("--unpruned", action="store_true", help="predict with the stock forward (the baseline for `photon eval --compare`)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of reporting and skipping it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     add_model_arguments(parser)
 
 
@@ -30,17 +32,46 @@ def run(args):
     if args.batch_size < 1:
         raise PhotonError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_model_arguments(args)
+    shard = join_launcher(args)
     opened, options = open_from(args)
     outcome = infer(
         opened.loaded, args.data, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         media_options=options, strict=args.strict, overwrite=args.overwrite, prune=not args.unpruned,
-        progress=not args.no_progress,
+        progress=not args.no_progress, shard=shard,
     )
-    print(f"photon infer: {outcome}", file=sys.stderr)
-    note = random_weights_note(opened.loaded)
-    if note:
-        print(note, file=sys.stderr)
+    if shard.rank == 0:
+        print(f"photon infer: {outcome}", file=sys.stderr)
+        for facts in outcome.ranks:
+            rate = facts["written"] / facts["seconds"] if facts["seconds"] else 0.0
+            print(f"photon infer: rank {facts['rank']}: {facts['written']} records in {facts['seconds']:.1f} s "
+                  f"({rate:.2f} records/s), {facts['resumed']} resumed, {facts['skipped']} bad", file=sys.stderr)
+        if Path(args.out).is_file():
+            print(f"photon infer: {args.out}: {kept_summary(Path(args.out))}", file=sys.stderr)
+        note = random_weights_note(opened.loaded)
+        if note:
+            print(note, file=sys.stderr)
     return 1 if outcome.skipped else 0
+
+
+def join_launcher(args) -> Shard:
+    """Under torchrun or the deepspeed launcher (WORLD_SIZE > 1): join the process group (NCCL on
+    GPUs, gloo on CPUs), take this rank's GPU, and return this rank's share of the records."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return Shard(0, 1)
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    if cuda:
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Shard(dist.get_rank(), dist.get_world_size(), barrier=dist.barrier)
 
 
 @hookimpl

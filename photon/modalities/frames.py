@@ -111,14 +111,33 @@ def load_frames(path: str | Path | list, **options) -> Media:
     images = []
     for file in paths:
         try:
-            images.append(_to_channels(read_image(file, cfg), cfg.channels))
+            images.append(read_image(file, cfg))
         except PhotonError as exc:
             raise PhotonError(str(exc) if str(file) in str(exc) else f"{file}: {exc}") from exc
+    media = frames_from_arrays(images, source, cfg)
+    media.meta["files"] = [str(p) for p in paths]
+    return media
+
+
+def frames_from_arrays(images: list[np.ndarray], source: str, cfg: FramesConfig) -> Media:
+    """Images already in memory ((n, C, H, W) float in [0, 1] each, e.g. from PIL) -> one Media,
+    every frame resized to one size on the backbone's grid, with the configured channels."""
+    images = [_to_channels(np.asarray(image, dtype=np.float32), cfg.channels) for image in images]
     sizes = [tuple(image.shape[-2:]) for image in images]
     height, width = target_size(sizes, cfg)
     frames = np.concatenate([resize_frames(image, height, width) for image in images])
-    meta = {"files": [str(p) for p in paths], "original_sizes": [list(s) for s in sizes], "size": [height, width]}
+    meta = {"original_sizes": [list(s) for s in sizes], "size": [height, width]}
     return Media(frames=frames, kind="image", source=source, fps=None, meta=meta)
+
+
+def pil_frames(images: list, source: str, **options) -> Media:
+    """PIL images (what dataset loaders such as lmms-eval's hand over) -> Media, like load_frames."""
+    cfg = options_from(FramesConfig, options, source)
+    arrays = []
+    for image in images:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        arrays.append(rgb.transpose(2, 0, 1)[None])
+    return frames_from_arrays(arrays, source, cfg)
 
 
 def describe_frames(path: str | Path) -> dict[str, Any]:
