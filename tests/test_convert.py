@@ -284,3 +284,37 @@ def test_choice_parsing_and_answer_kinds():
     assert parse_choices("Size? A. 1 cm B. 2 cm C. 3 cm D. 4 cm") == {"A": "1 cm", "B": "2 cm", "C": "3 cm", "D": "4 cm"}
     assert parse_choices("Which lobe? B: left") == {}  # options must start at A and run in order
     assert [answer_kind(a) for a in ("Yes", "12.5", "1,200", "left lobe")] == ["binary", "numeric", "numeric", "categorical"]
+
+
+def test_medframeqa_in_its_other_published_layout_an_image_list_and_an_answer_column(tmp_path, monkeypatch):
+    """Some copies hold the frames as one `image` list and the letter in `answer`."""
+    pa = pytest.importorskip("pyarrow", reason="needs pyarrow (the eval extra) to write MedFrameQA parquet")
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "question_id": ["q7"], "system": ["Nervous"], "organ": ["Brain"], "keyword": ["glioma"], "modality": ["MRI"],
+        "question": ["Which frame shows the mass?"], "options": [["First", "Second", "Neither"]], "answer": ["B"],
+        "image": pa.array([[{"bytes": _png_bytes("red"), "path": "a.png"}, {"bytes": _png_bytes("blue"), "path": "b.png"}]],
+                          type=pa.list_(image)),
+    })
+    pq.write_table(table, "other.parquet")
+    out = tmp_path / "records" / "m.jsonl"
+    assert main(["convert", "medframeqa", "other.parquet", "records/m.jsonl"]) == 0
+    (only,) = _records(out)
+    assert only["messages"][1]["content"] == "B" and only["meta"]["n_frames"] == 2
+    assert only["images"] == ["m_frames/q7_1.png", "m_frames/q7_2.png"]
+    _check_round_trip(out, 1)
+    pq.write_table(pa.table({"question_id": ["q"], "question": ["?"]}), "not-mfqa.parquet")
+    assert main(["convert", "medframeqa", "not-mfqa.parquet", "x.jsonl"]) == 2
+
+
+def test_deeptumorvqa_v2_jsonl_release(tmp_path, capsys):
+    bench = tmp_path / "benchmark"
+    bench.mkdir()
+    (bench / "test_qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _dtv_rows()[:2]))
+    _tiny_nifti(bench / "ct" / "BDMAP_00000001" / "ct.nii.gz")
+    out = tmp_path / "dtv.jsonl"
+    assert main(["convert", "deeptumorvqa", str(bench), str(out)]) == 0
+    assert [r["id"] for r in _records(out)] == ["deeptumorvqa/v2/bench_00017/mc", "deeptumorvqa/v2/bench_00018/mc"]

@@ -423,6 +423,13 @@ def convert_medframeqa(src: Path, out: Path, *, media_dir: str | None = None) ->
             batches = pq.ParquetFile(file).iter_batches(batch_size=32)
         except Exception as exc:
             raise PhotonError(f"{file}: not a readable parquet file ({exc})") from exc
+        columns = set(pq.ParquetFile(file).schema_arrow.names)
+        missing = [need for need in MEDFRAMEQA_COLUMNS if not any(name in columns for name in need.split("|"))]
+        if missing:
+            raise PhotonError(
+                f"{file}: not a MedFrameQA table: no {', '.join(m.replace('|', ' or ') for m in missing)} column(s); "
+                f"it has {', '.join(sorted(columns))}"
+            )
         n = 0
         for batch in batches:
             for row in batch.to_pylist():
@@ -430,17 +437,28 @@ def convert_medframeqa(src: Path, out: Path, *, media_dir: str | None = None) ->
                 n += 1
 
 
+# Both published layouts: frames in image_1..image_5 or as one `image` list, the letter in
+# correct_answer or answer.
+MEDFRAMEQA_COLUMNS = ("question_id", "question", "options", "correct_answer|answer", "image_1|image|images")
+
+
+def _medframeqa_images(row: dict) -> list:
+    listed = row.get("image") if row.get("image") is not None else row.get("images")
+    if isinstance(listed, list):
+        return listed[:5]
+    return [row.get(f"image_{k}") for k in range(1, 6)]
+
+
 def _medframeqa_record(row: dict, where: str, frames_dir: Path) -> dict | Skip:
     qid = row.get("question_id")
     options = row.get("options")
-    letter = str(row.get("correct_answer") or "").strip().upper()
+    letter = str(row.get("correct_answer") or row.get("answer") or "").strip().upper()
     if qid is None or not row.get("question") or not isinstance(options, list) or not options:
         return Skip(where, "needs question_id, question and a list of options")
     if len(letter) != 1 or letter not in LETTERS[: len(options)]:
-        return Skip(where, f"correct_answer {letter!r} is not one of the {len(options)} options' letters")
+        return Skip(where, f"the answer letter {letter!r} is not one of the {len(options)} options' letters")
     paths = []
-    for k in range(1, 6):
-        image = row.get(f"image_{k}")
+    for k, image in enumerate(_medframeqa_images(row), start=1):
         data = image.get("bytes") if isinstance(image, dict) else image
         if not data:
             continue
@@ -450,7 +468,7 @@ def _medframeqa_record(row: dict, where: str, frames_dir: Path) -> dict | Skip:
             write_atomically(path, lambda f, data=data: f.write(data))
         paths.append(str(path))
     if not paths:
-        return Skip(where, "no frames in image_1..image_5")
+        return Skip(where, "no frames (image_1..image_5, or the image list, are empty)")
     choices = [str(o) for o in options]
     meta = {"question_id": str(qid), "system": row.get("system"), "organ": row.get("organ"), "keyword": row.get("keyword"),
             "modality": row.get("modality"), "n_frames": len(paths), "choices": choices, "answer_letter": letter}
