@@ -11,7 +11,7 @@ import photon
 import pytest
 from PIL import Image
 
-from make_media import AFFINE_DIRECTIONS, phantom
+from tests.make_media import AFFINE_DIRECTIONS, phantom
 from photon.adapters.qwen2_5_vl import load_tiny
 from photon.cli import main
 from photon.inference import ask

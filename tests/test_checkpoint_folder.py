@@ -10,7 +10,7 @@ from photon.adapters.qwen_inputs import model_inputs
 from photon.core import checkpoint
 from photon.core.errors import PhotonError
 
-from conftest import video_sample
+from tests.conftest import video_sample
 
 
 def _inputs(loaded):

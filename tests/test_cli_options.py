@@ -74,7 +74,7 @@ def test_attach_mode_pruner_device_and_dtype(capsys, volume):
 
 
 def test_attach_allow_weight_mismatch_loads_a_folder_missing_a_weight(tmp_path, capsys):
-    from hub_layouts import write_photon_release_folder
+    from tests.hub_layouts import write_photon_release_folder
 
     write_photon_release_folder(tmp_path / "s2", with_kernel=False)
     code, _, err = run(capsys, "attach", "--backbone", str(tmp_path / "s2"), "--json")
@@ -84,7 +84,7 @@ def test_attach_allow_weight_mismatch_loads_a_folder_missing_a_weight(tmp_path, 
 
 
 def test_infer_model_options_and_overwrite(tmp_path, capsys, volume):
-    from hub_layouts import write_photon_release_folder
+    from tests.hub_layouts import write_photon_release_folder
 
     records = tmp_path / "r.jsonl"
     records.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "<video>Any lesion?"},
@@ -121,7 +121,7 @@ def test_bench_attn_seed_statistic_and_threads(tmp_path, capsys):
 
 # -- convert ----------------------------------------------------------------------------------------
 def test_convert_split_version_map_media_dir_and_strict(tmp_path, capsys, monkeypatch):
-    from make_media import write_image, write_mp4
+    from tests.make_media import write_image, write_mp4
 
     monkeypatch.chdir(tmp_path)
     # SLAKE's validation split (older copies call the file validate.json).

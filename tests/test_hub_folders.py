@@ -21,8 +21,8 @@ from photon.core.errors import PhotonError
 from photon.modalities.base import Media
 from photon.wrapping import media_options
 
-from conftest import Sample
-from hub_layouts import official_template, write_photon_release_folder, write_qwen2_5_hub_folder, write_qwen3_hub_folder
+from tests.conftest import Sample
+from tests.hub_layouts import official_template, write_photon_release_folder, write_qwen2_5_hub_folder, write_qwen3_hub_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 

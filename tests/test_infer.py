@@ -16,7 +16,7 @@ from photon.adapters.qwen_inputs import model_inputs
 from photon.inference import PREDICTION_FIELDS, generate_batch, infer
 from photon.wrapping import media_options
 
-from conftest import video_sample
+from tests.conftest import video_sample
 
 SMALL_CT = ["--media", "ct.preprocess=false", "--media", "ct.size=[28,56,56]", "--max-new-tokens", "3"]
 

@@ -121,7 +121,7 @@ def test_a_training_forward_computes_logits_for_the_answer_window_only():
     import photon
     from photon.adapters.qwen2_5_vl import load_tiny
     from photon.adapters.qwen_inputs import model_inputs
-    from conftest import video_sample
+    from tests.conftest import video_sample
 
     loaded = load_tiny()
     model = loaded.model.train()

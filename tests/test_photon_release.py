@@ -14,9 +14,9 @@ from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
 from photon.modalities.base import Media
 
-from conftest import Sample
-from hub_layouts import write_photon_release_folder
-from reference import reference_greedy
+from tests.conftest import Sample
+from tests.hub_layouts import write_photon_release_folder
+from tests.reference import reference_greedy
 
 
 def test_inflated_kernel_answers_a_constant_volume_like_the_rgb_kernel():

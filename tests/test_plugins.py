@@ -87,7 +87,7 @@ def test_throwaway_pruner_plugin_runs_end_to_end_through_the_public_api():
     from photon.core.errors import PhotonError
     from photon.core.pruners import Selection
 
-    from conftest import video_sample
+    from tests.conftest import video_sample
 
     class EveryOther:
         name = "every-other"

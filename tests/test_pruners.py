@@ -19,7 +19,7 @@ from photon.pruners.fastv import FastVPruner
 from photon.pruners.ise_topk import IseTopKPruner
 from photon.pruners.random_keep import RandomPruner
 from photon.pruners.visionzip import VisionZipPruner
-from reference import capture_text_inputs, reference_greedy, reference_logits
+from tests.reference import capture_text_inputs, reference_greedy, reference_logits
 
 BASELINES = ["random", "ise-topk", "fastv", "visionzip", "divprune"]
 
@@ -182,7 +182,7 @@ def test_baselines_physically_remove_tokens_in_a_ragged_batch(name, ragged_sampl
 def test_baselines_remove_tokens_on_qwen3_vl(name):
     """The same pruners on Qwen3-VL: its per-frame placeholder blocks, DeepStack features gathered
     with the keep index (visionzip and divprune prune before layer 0, ahead of every injection)."""
-    from conftest import video_sample
+    from tests.conftest import video_sample
 
     from photon.adapters import qwen3_vl
 
@@ -252,7 +252,7 @@ def test_vision_attention_capture_matches_a_dense_reference_in_token_order():
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
     from transformers.vision_utils import get_vision_position_ids
 
-    from conftest import video_sample
+    from tests.conftest import video_sample
 
     config = tiny_config()
     config.vision_config.depth = 1

@@ -12,9 +12,9 @@ from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
 from photon.core.losses import answer_window
 from photon.core.schedule import BatchPlan, Stage
-from reference import capture_text_inputs, reference_greedy, reference_logits
+from tests.reference import capture_text_inputs, reference_greedy, reference_logits
 
-from conftest import video_sample
+from tests.conftest import video_sample
 
 
 def tiny(attn="sdpa", **kw):

@@ -26,9 +26,9 @@ from photon.core.errors import PhotonError
 from photon.core.losses import answer_window
 from photon.core.schedule import BatchPlan, Stage
 from photon.modalities.base import Media
-from reference import capture_text_inputs, reference_logits
+from tests.reference import capture_text_inputs, reference_logits
 
-from conftest import Sample, video_sample
+from tests.conftest import Sample, video_sample
 
 LAST_INJECTION = 2  # the tiny config's DeepStack adds features after decoder layers 0, 1, 2
 BEFORE, AFTER = 1, 3  # selection layers on either side of it

@@ -10,7 +10,7 @@ from photon.core.errors import PhotonError
 from photon.core.losses import IGNORE_INDEX
 from photon.modalities.base import Media
 
-from conftest import Sample, video_sample
+from tests.conftest import Sample, video_sample
 
 
 def test_packing_follows_the_layout_formula():
