@@ -232,7 +232,7 @@ def test_eval_bleu_mra_seed_and_device(tmp_path, capsys):
 
 
 def test_eval_bertscore_batch_size_and_download(tmp_path, capsys):
-    from test_eval_bertscore import _save_tiny_roberta
+    from tests.test_eval_bertscore import _save_tiny_roberta
 
     model = _save_tiny_roberta(tmp_path / "roberta", add_prefix_space=False)
 

@@ -80,7 +80,7 @@ def test_each_yaml_runs_the_command_it_opens_with(path, tmp_path, monkeypatch, c
         return
     assert argv[1] == "train", argv
     pytest.importorskip("deepspeed", reason="training needs the train extra (DeepSpeed)")
-    from test_training import write_records
+    from tests.test_training import write_records
 
     records = write_records(tmp_path, n=2)
     out = tmp_path / "out"
