@@ -56,6 +56,10 @@ def test_combine_objective_release_and_paper():
     assert losses.combine_objective(main=main, band=band).item() == 1.5
     assert losses.combine_objective(main=main, band=band, flip=flip).item() == 2.5
     assert losses.combine_objective(main=main, flip=flip, objective="paper").item() == 3.0
+    # Before the flip stage the paper's objective is the main loss alone (plus the band).
+    assert losses.combine_objective(main=main, band=band, objective="paper").item() == 1.5
+    with pytest.raises(ValueError, match="loss.objective must be 'release' or 'paper', got 'adam'"):
+        losses.combine_objective(main=main, objective="adam")
 
 
 def test_stage_boundaries():

@@ -286,3 +286,36 @@ def test_vision_attention_capture_matches_a_dense_reference_in_token_order():
     torch.testing.assert_close(received[0, video], expected.view(-1, 4).sum(1), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(keys[0, video], k.mean(1).view(-1, 4, k.shape[-1]).mean(1), rtol=1e-4, atol=1e-5)
     assert received[0, ~video].abs().sum() == 0
+
+
+def test_pruner_rule_prefers_rule_then_name_then_class():
+    from photon.core.pruners import pruner_rule
+
+    class WithRule:
+        name = "named"
+
+        def rule(self):
+            return "theta=0.3"
+
+    class Named:
+        name = "fastv"
+
+    class Bare:
+        pass
+
+    assert [pruner_rule(p) for p in (WithRule(), Named(), Bare())] == ["theta=0.3", "fastv", "Bare"]
+
+
+def test_photon_selection_flops_counts_qk_projections_ise_and_saliency():
+    from types import SimpleNamespace
+
+    from photon.core.pruners import PhotonPruner
+
+    text = SimpleNamespace(hidden=8, heads=2, kv_heads=1, head_dim=4)
+    dims = SimpleNamespace(text=text)
+    shape = SimpleNamespace(tokens=10, instruction=3, visual=5)
+    # by hand: q and k projections of all 10 tokens, 2 * 10 * 8 * (2 + 1) * 4 = 1920; the instruction's
+    # attention over itself and one more key, 2 * 3 * 4 * 2 * 4 = 192; u over 5 visual tokens, 2 * 5 * 2 * 4 = 80
+    assert PhotonPruner(hidden_size=8).selection_flops(dims, shape) == 2192.0
+    more = SimpleNamespace(tokens=10, instruction=3, visual=6)
+    assert PhotonPruner(hidden_size=8).selection_flops(dims, more) == 2192.0 + 16

@@ -117,3 +117,6 @@ def test_soft_scale_weights_visual_rows_only():
     vis = torch.tensor([[True, False, True]])
     out = soft_scale(hidden, q, vis)
     assert out[0, :, 0].tolist() == [0.25, 1.0, 0.8999999761581421]
+    # A bf16 model's hidden states stay bf16 when the predictor's q is fp32.
+    low = soft_scale(hidden.bfloat16(), q, vis)
+    assert low.dtype == torch.bfloat16 and low[0, :, 0].tolist() == [0.25, 1.0, 0.8984375]
