@@ -201,3 +201,17 @@ def test_kv_cache_bytes_follow_the_kept_tokens(cache):
     if cache == "keep_early":
         assert pruned["kv_bytes_after_prefill"] > flops.kv_cache_bytes(dims, shapes, 1, True, 0, 4)
     assert cache_bytes(None) == 0
+
+
+def test_bench_attaches_each_pruner_at_the_layer_it_is_given():
+    import photon
+    from photon.bench.harness import Configuration, attach
+    from photon.bench.models import ModelSpec, build_model
+
+    model, _ = build_model(ModelSpec(size="tiny"), with_encoder=False)
+    for pruner, layer, expected in (("photon", 2, 2), ("fastv", 3, 3), ("photon", None, 1)):
+        attach(model, Configuration(pruner, 0.5), layer)
+        try:
+            assert model._photon.layer == expected  # None: the pruner's default, floor(8 / 4) - 1
+        finally:
+            photon.detach(model)

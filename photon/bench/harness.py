@@ -47,6 +47,7 @@ class BenchOptions:
     # repeat ("min") estimates a configuration's own cost best; "median" is the alternative.
     statistic: str = "min"
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    layer: int | None = None  # the pruners' selection layer (None: each pruner's own default)
 
 
 @dataclass
@@ -72,9 +73,10 @@ def configurations(options: BenchOptions) -> list[Configuration]:
     return [Configuration(None)] + [Configuration(p, r) for r in options.keep for p in options.pruners]
 
 
-def attach(model, config: Configuration) -> None:
+def attach(model, config: Configuration, layer: int | None = None) -> None:
     if config.pruner is not None:
-        photon.attach(model, pruner=config.pruner, mode="zero_shot", keep_ratio=config.keep_ratio)
+        photon.attach(model, pruner=config.pruner, mode="zero_shot", keep_ratio=config.keep_ratio,
+                      **({"layer": layer} if layer is not None else {}))
 
 
 def machine_info(device: torch.device) -> dict:
@@ -123,7 +125,7 @@ def _measure_rounds(model, vision_tower, configs, prompt, train, options, step) 
         shift = r % len(configs)
         for config in configs[shift:] + configs[:shift]:
             step(f"round {r + 1}/{rounds} ({'warm-up' if r < options.warmup else 'measured'}): {config.label}")
-            attach(model, config)
+            attach(model, config, options.layer)
             try:
                 times = clock.time_generate(model, vision_tower, prompt, options.new_tokens)
                 if config.pruner is not None:
@@ -238,7 +240,7 @@ def _measure_memory(model, configs, results, options, prompt, train, device, ste
     if device.type == "cuda":
         for config in configs:
             step(f"memory: {config.label}")
-            attach(model, config)
+            attach(model, config, options.layer)
             try:
                 by_label[config.label]["memory"] = memory.cuda_peaks(model, prompt, train, options.new_tokens)
             finally:
@@ -255,6 +257,7 @@ def _measure_memory(model, configs, results, options, prompt, train, device, ste
                 "model": dataclasses.asdict(options.model),
                 "pruner": config.pruner,
                 "keep_ratio": config.keep_ratio,
+                "layer": options.layer,
                 "new_tokens": options.new_tokens,
                 "threads": options.threads,
             }

@@ -138,7 +138,7 @@ def _probe_main(path: str) -> None:
         torch.set_num_threads(spec["threads"])
     model, _ = build_model(ModelSpec(**spec["model"]), with_encoder=False)
     tensors = torch.load(spec["inputs"])
-    attach(model, Configuration(spec["pruner"], spec["keep_ratio"]))
+    attach(model, Configuration(spec["pruner"], spec["keep_ratio"]), spec.get("layer"))
     print(json.dumps(rss_peaks(model, tensors["prompt"], tensors["train"], spec["new_tokens"])))
 
 
