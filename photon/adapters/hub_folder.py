@@ -118,6 +118,21 @@ def check_token_ids(folder: Path, tokenizer, config) -> None:
 
 
 # -- loading ------------------------------------------------------------------------------
+def load_checked(model_class, folder: Path, config, *, dtype: Any, trust_remote_code: bool, strict: bool,
+                 key_mapping: dict[str, str] | None = None):
+    """The tokenizer and the model of a folder, each file checked before the weights are read:
+    tokenizer files, visual token ids against the config, shards, then a strict weight load."""
+    from transformers import AutoTokenizer
+
+    check_tokenizer_files(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    check_token_ids(folder, tokenizer, config)
+    check_shards(folder)
+    model = load_weights(model_class, folder, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+                         strict=strict, key_mapping=key_mapping, ignore_unexpected=RELEASE_EXTRA_KEYS)
+    return tokenizer, model
+
+
 def load_weights(
     model_class,
     folder: Path,

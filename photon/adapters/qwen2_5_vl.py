@@ -253,7 +253,7 @@ def load_pretrained(
     mapped to the stock ones; any weight the folder lacks or the model does not know is an error
     unless allow_weight_mismatch.
     """
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from photon.adapters import hub_folder
     from photon.adapters.qwen_inputs import QwenEncoder
@@ -263,14 +263,9 @@ def load_pretrained(
     config = Qwen2_5_VLConfig(**read_config(folder))
     if attn_implementation:
         config._attn_implementation = attn_implementation
-    hub_folder.check_tokenizer_files(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    hub_folder.check_token_ids(folder, tokenizer, config)
-    hub_folder.check_shards(folder)
-    model = hub_folder.load_weights(
-        Qwen2_5_VLForConditionalGeneration, folder, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+    tokenizer, model = hub_folder.load_checked(
+        Qwen2_5_VLForConditionalGeneration, folder, config, dtype=dtype, trust_remote_code=trust_remote_code,
         strict=not allow_weight_mismatch, key_mapping=hub_folder.RELEASE_KEY_MAPPING,
-        ignore_unexpected=hub_folder.RELEASE_EXTRA_KEYS,
     )
     if device is not None:
         model.to(device)

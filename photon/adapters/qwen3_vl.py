@@ -334,7 +334,7 @@ def load_pretrained(
     volume_embedding ("inflate" | "random") installs the Photon 3D patch embedding on a
     checkpoint that still has Qwen's RGB one (phase 1 then trains it).
     """
-    from transformers import AutoConfig, AutoTokenizer, Qwen3VLForConditionalGeneration
+    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
 
     from photon.adapters import hub_folder
 
@@ -349,13 +349,9 @@ def load_pretrained(
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if attn_implementation:
         config._attn_implementation = attn_implementation
-    hub_folder.check_tokenizer_files(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    hub_folder.check_token_ids(folder, tokenizer, config)
-    hub_folder.check_shards(folder)
-    model = hub_folder.load_weights(
-        Qwen3VLForConditionalGeneration, folder, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
-        strict=not allow_weight_mismatch, ignore_unexpected=hub_folder.RELEASE_EXTRA_KEYS,
+    tokenizer, model = hub_folder.load_checked(
+        Qwen3VLForConditionalGeneration, folder, config, dtype=dtype, trust_remote_code=trust_remote_code,
+        strict=not allow_weight_mismatch,
     )
     if volume_embedding:
         if model.config.vision_config.in_channels == 1:
