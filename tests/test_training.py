@@ -191,6 +191,11 @@ def test_checkpoint_accepts_the_run_folder_and_the_latest_pointer(tmp_path, caps
         assert main(["attach", "--checkpoint", str(given), "--json"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["mode"] == "trained" and summary["backbone"] == "qwen2.5-vl-tiny"
+    import photon
+
+    for given in (out, out / "checkpoints" / "latest"):  # the Python API takes the same paths
+        loaded = photon.load(str(given))
+        assert loaded.model._photon.config.mode == "trained"
 
 
 def test_a_batch_without_visual_tokens_trains(tmp_path):

@@ -142,6 +142,10 @@ def load(
     from photon.core import checkpoint
 
     overrides = dict(overrides or {})
+    if Path(source).exists():  # a training run, or its checkpoints/latest pointer: the newest checkpoint
+        from photon.training.state import resolve_checkpoint
+
+        source = str(resolve_checkpoint(source))
 
     if checkpoint.is_photon_folder(source):
         meta = checkpoint.read_meta(source)

@@ -192,6 +192,9 @@ def _prepare_model(run: Run) -> None:
             p.requires_grad_(True)
     elif cfg.run.phase == 2:
         runtime = getattr(model, "_photon", None)
+        wanted = cfg.photon.selection.layer
+        if runtime is not None and wanted is not None and runtime.layer != wanted:
+            runtime = None  # the config moves the selection layer: a new predictor there
         if runtime is None or runtime.config.mode != "trained":
             # A zero-shot wrapping (photon attach --save) keeps its selection layer unless the config sets one.
             keep_layer = {"layer": runtime.layer} if runtime is not None and cfg.photon.selection.layer is None else {}
