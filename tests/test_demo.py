@@ -62,7 +62,8 @@ def test_a_left_anterior_lesion_is_in_the_first_rows_and_columns():
     rows, cols = np.nonzero(mask.any(axis=0))
     assert rows.max() < SHAPE[1] // 2 and cols.max() < SHAPE[2] // 2
     volume = phantoms.render(phantoms.Case("x", "where", "q", "left anterior", "left anterior", (lesion,), SHAPE), rng)
-    assert volume[mask].min() > 150 and volume[~mask].max() < 150
+    # enhancing lesions (600 HU) stand above every structure (bone-like ring 350 HU at most)
+    assert volume[mask].min() > 450 and volume[~mask].max() < 450
 
 
 def test_relevant_tokens_are_the_asked_quadrant_or_the_lesions():
@@ -95,19 +96,188 @@ def test_the_set_is_reproducible_from_its_seed(tmp_path):
     assert np.array_equal(a, b)
 
 
+def quadrant_blocks(shape=SHAPE):
+    """Each quadrant's (rows, columns) on the model-input grid: anterior is the first half of H,
+    patient-left the first half of W (PHOTON_SPEC section 1)."""
+    _, h, w = shape
+    halves = {"anterior": slice(0, h // 2), "posterior": slice(h // 2, h), "left": slice(0, w // 2), "right": slice(w // 2, w)}
+    return {q: (halves[q.split()[1]], halves[q.split()[0]]) for q in phantoms.QUADRANTS}
+
+
+def test_each_grounding_description_matches_its_phantom(tmp_path):
+    """Read back through the CT loader, a quadrant described as holding a lesion holds the
+    volume's brightest voxels (lesions enhance above every structure) and a clear one does not."""
+    path = phantoms.write_grounding(tmp_path, 16, seed=5, shape=SHAPE)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 16 * 5 and len({r["id"] for r in rows}) == len(rows)
+    blocks, checked = quadrant_blocks(), 0
+    for start in range(0, len(rows), 5):
+        whole, *each = rows[start:start + 5]
+        assert whole["messages"][0]["content"] == "<video>" + phantoms.DESCRIBE_ALL
+        described = dict(part.rstrip(".").split(": ") for part in whole["messages"][1]["content"].split(". "))
+        assert list(described) == list(phantoms.QUADRANTS)
+        for record, quadrant in zip(each, phantoms.QUADRANTS):
+            assert record["videos"] == whole["videos"] and record["meta"]["region"] == quadrant
+            assert record["messages"][0]["content"] == f"<video>Describe the {quadrant} quadrant."
+            assert record["messages"][1]["content"] == described[quadrant]
+        if "lesion" not in described.values():
+            assert whole["meta"]["lesions"] == []
+            continue
+        frames = load_ct(tmp_path / whole["videos"][0], size=list(SHAPE), preprocess=False).frames[:, 0]
+        top = frames.max()
+        for quadrant, (rows_, cols) in blocks.items():
+            brightest = frames[:, rows_, cols].max()
+            if described[quadrant] == "lesion":
+                assert brightest > top - 0.03, (whole["id"], quadrant)
+            else:
+                assert brightest < top - 0.1, (whole["id"], quadrant)
+            checked += 1
+    assert checked >= 16  # several volumes held lesions
+
+
+def test_each_quadrant_has_its_own_anatomy_darker_than_a_lesion():
+    """Regions tell apart by content: one structure per quadrant, each inside it, each its own
+    intensity, all below an enhancing lesion so they do not pass for one."""
+    masks = phantoms.anatomy_masks(SHAPE)
+    blocks = quadrant_blocks()
+    for quadrant, mask in masks.items():
+        rows_, cols = blocks[quadrant]
+        inside = mask[:, rows_, cols].sum()
+        assert inside > 20 and inside == mask.sum(), quadrant
+    levels = [phantoms.ANATOMY[q][0] for q in phantoms.QUADRANTS]
+    assert len(set(levels)) == 4 and max(levels) < phantoms.LESION - 200
+    volume = phantoms.render(phantoms.Case("x", "presence", "q", "no", None, (), SHAPE), np.random.default_rng(0))
+    for quadrant, mask in masks.items():
+        assert abs(float(np.median(volume[mask])) - phantoms.ANATOMY[quadrant][0]) < 10
+
+
+def test_finetuning_set_replays_the_asked_share_of_descriptions(tmp_path):
+    from photon.core.errors import PhotonError
+    from photon.demo.run import mix_replay
+
+    questions = phantoms.write_split(tmp_path, "train", 30, 0, SHAPE)
+    described = phantoms.write_grounding(tmp_path, 8, 0, SHAPE)
+    mixed = [json.loads(line) for line in mix_replay(questions, described, 0.25, seed=0).read_text().splitlines()]
+    kinds = [r["meta"]["kind"] for r in mixed]
+    assert kinds.count("describe") == 10 and len(mixed) == 40  # 10 of 40 is a quarter
+    assert [r for r in mixed if r["meta"]["kind"] != "describe"] == [json.loads(x) for x in questions.read_text().splitlines()]
+    assert all((tmp_path / r["videos"][0]).is_file() for r in mixed)  # media resolve from the same folder
+    assert len(mix_replay(questions, described, 0.0, seed=0).read_text().splitlines()) == 30
+    with pytest.raises(PhotonError, match=r"replay must be a share in \[0, 1\), got 1"):
+        mix_replay(questions, described, 1, seed=0)
+
+
+def test_a_finished_grounding_run_is_reused_and_any_setting_change_retrains(tmp_path, monkeypatch):
+    from photon.demo import run as demo_run
+    from photon.demo.config import DemoConfig
+
+    cfg = DemoConfig(grounding_cache=str(tmp_path / "cache"))
+    folder = demo_run.grounding_folder(cfg)
+    assert folder.parent == tmp_path / "cache"
+    assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, grounding_steps=7)) != folder
+    assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, volume=[8, 112, 112])) != folder
+    assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, steps=7)) == folder  # finetuning only
+    trained = []
+
+    class FakeRun:
+        log_path = tmp_path / "log.jsonl"
+
+    def fake_train(cfg_, out, records, extra, **schedule):
+        trained.append((out, schedule))
+        FakeRun.log_path.write_text(json.dumps({"step": 1, "loss": 2.0, "samples_per_s": 3.0, "stage": "full"}) + "\n")
+        return FakeRun(), 1.5, None
+
+    monkeypatch.setattr(demo_run, "train_once", fake_train)
+    got, facts, cached = demo_run.ground(cfg, tmp_path / "ground.jsonl")
+    assert (got, cached) == (folder, False) and trained == [(folder, {"steps": 250, "lr": 3.0e-3})]
+    assert json.loads((folder / "grounded.json").read_text()) == facts and facts["settings"]["steps"] == 250
+    again, facts_again, cached = demo_run.ground(cfg, tmp_path / "ground.jsonl")
+    assert (again, cached, facts_again) == (folder, True, facts) and len(trained) == 1
+
+
+def test_coverage_counts_the_kept_share_of_the_questions_tokens():
+    from photon.demo.run import coverage
+
+    meta = {"kind": "exists", "region": "left anterior", "shape": list(SHAPE), "lesions": []}
+    keep = np.zeros((4, 4, 4), bool)
+    keep[:, :2, :2] = True  # the whole left anterior quadrant (16 of 64 tokens) ...
+    keep[0, 3, 3] = True  # ... and one token elsewhere
+    keep[1, 0, 0] = False  # less one of the quadrant's
+    selection = {"keep": keep.reshape(-1).tolist(), "grids": [{"t": 4, "h": 4, "w": 4}]}
+    assert coverage(selection, meta) == (15 / 16, 16 / 64)
+    assert coverage(None, meta) is None
+    empty = {"kind": "count", "region": None, "shape": list(SHAPE), "lesions": []}
+    assert coverage(selection, empty) is None  # nothing to cover: left out of the mean
+
+
+def _result(changes=None):
+    """A demo.json as run_demo writes it, every target met; changes edit runs[label][key]."""
+    kinds = {"presence": 0.9, "exists": 0.8, "where": 0.6, "count": 0.5}
+    run = lambda acc, keep, cov, blind: {"accuracy": acc, "accuracy_by_kind": dict(kinds), "keep_ratio": keep,  # noqa: E731
+                                         "relevant_coverage": cov, "blind_coverage": blind}
+    result = {
+        "runs": {"unpruned": {**run(0.80, 1.0, None, None), "timing": {"train_step_ms": 100.0, "prefill_ms": 10.0}},
+                 "photon": {**run(0.79, 0.40, 0.70, 0.40), "timing": {"train_step_ms": 110.0, "prefill_ms": 11.0}},
+                 "zero-shot ITS": run(0.70, 0.40, 0.50, 0.40), "random": run(0.70, 0.40, 0.40, 0.40)},
+        "answer_prior_by_kind": {"presence": 0.5, "exists": 0.6, "where": 0.3, "count": 0.3},
+        "efficiency": {"model": "small", "ratios": {"train_step_s": 0.6, "prefill_s": 0.5}},
+        "pictures": {"quadrants": "q.png", "retention": "r.png"},
+    }
+    for (label, key), value in (changes or {}).items():
+        result["runs"][label][key] = value
+    return result
+
+
+def test_every_target_held_is_reported_held():
+    from photon.demo.report import targets, verdicts
+
+    assert [t["held"] for t in targets(_result())] == [True] * 10
+    assert all(line.startswith("held: ") for line in verdicts(_result()))
+
+
+@pytest.mark.parametrize(("changes", "missed"), [
+    ({("photon", "keep_ratio"): 0.51}, "at most half"),
+    ({("photon", "relevant_coverage"): 0.54}, "at least 0.15 above"),  # lift 0.14
+    ({("zero-shot ITS", "relevant_coverage"): 0.40}, "zero-shot ITS"),  # equal to blind is not above
+    ({("photon", "accuracy"): 0.76}, "within 3 points"),
+    ({("random", "accuracy"): 0.77}, "above random"),
+    ({("photon", "accuracy_by_kind"): {"presence": 0.9, "exists": 0.6, "where": 0.6, "count": 0.5}}, "answer prior"),
+    ({("photon", "accuracy_by_kind"): {"presence": 0.9, "exists": 0.8, "where": 0.4, "count": 0.5}}, "spatial kind"),
+])
+def test_each_missed_target_is_reported_missed_alone(changes, missed):
+    from photon.demo.report import targets
+
+    out = targets(_result(changes))
+    assert [t["target"] for t in out if not t["held"]] == [next(t["target"] for t in out if missed in t["target"])]
+
+
+def test_speed_targets_use_the_larger_model_where_it_was_timed():
+    from photon.demo.report import targets
+
+    result = _result()
+    result["efficiency"]["ratios"]["prefill_s"] = 1.02
+    by_name = {t["target"]: t for t in targets(result)}
+    assert by_name["a Photon prefill faster than unpruned, side by side"]["held"] is False
+    assert "1.02x" in by_name["a Photon prefill faster than unpruned, side by side"]["measured"]
+    result["efficiency"] = None  # not timed: the tiny model's side-by-side times decide (slower here)
+    by_name = {t["target"]: t for t in targets(result)}
+    assert by_name["a Photon training step faster than unpruned, side by side"]["held"] is False
+    assert "1.10x" in by_name["a Photon training step faster than unpruned, side by side"]["measured"]
+
+
 @pytest.mark.slow
 def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     pytest.importorskip("deepspeed", reason="photon demo trains with the train extra (DeepSpeed)")
-    out = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-m", "photon", "demo", "--json", "--out", str(out),
-         "n_train=8", "n_test=6", "steps=5", "batch_size=2", "eval_batch_size=4", "volume=[4,56,56]", "timing_rounds=1"],
-        capture_output=True, text=True, timeout=600,
-    )
+    out, cache = tmp_path / "demo", tmp_path / "grounding"
+    command = [sys.executable, "-m", "photon", "demo", "--json", "--out", str(out),
+               "n_train=8", "n_test=6", "steps=5", "batch_size=2", "eval_batch_size=4", "volume=[4,56,56]", "timing_rounds=1",
+               "grounding_volumes=4", "grounding_steps=3", f"grounding_cache={cache}", "efficiency_size=tiny",
+               "efficiency_visual_tokens=64"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # nothing but the JSON object on stdout
     assert result == json.loads((out / "demo.json").read_text())
-    assert "[4/4] scoring" in done.stderr
+    assert "[5/6] scoring" in done.stderr and "[6/6] timing unpruned and Photon on the tiny" in done.stderr
     runs = result["runs"]
     assert list(runs) == ["unpruned", "photon", "zero-shot ITS", "random"]
     for label, run in runs.items():
@@ -128,15 +298,36 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     if runs["photon"]["training"]["peak_memory_mb"] is not None:  # Linux: the peak RSS can be reset
         for label in ("unpruned", "photon"):
             assert 0 < runs[label]["timing"]["train_step_memory_mb"] < runs[label]["training"]["peak_memory_mb"]
+    # Both compared runs started from the grounded checkpoint, which trained once on descriptions.
+    grounding = result["grounding"]
+    assert grounding["cached"] is False and grounding["training"]["steps"] == 3
+    assert Path(grounding["folder"]).parent == cache and (Path(grounding["folder"]) / "grounded.json").is_file()
+    for label in ("unpruned", "photon"):
+        config = (out / "runs" / label / "config.yaml").read_text()
+        assert f"checkpoint: {grounding['folder']}" in config, label
+    finetuned = [json.loads(line) for line in (out / "data" / "finetune.jsonl").read_text().splitlines()]
+    assert sum(r["meta"]["kind"] == "describe" for r in finetuned) == 3  # replay: a quarter of 8 + 3
     log = [json.loads(line) for line in (out / "runs/photon/log.jsonl").read_text().splitlines()]
     assert log[-1]["stage"] in ("hard", "flip")  # the schedule was scaled to the 5-step run
     unpruned_log = [json.loads(line) for line in (out / "runs/unpruned/log.jsonl").read_text().splitlines()]
     assert {row["stage"] for row in unpruned_log} == {"full"}
+    # The larger-model timing: stock and Photon at Photon's keep ratio and layer.
+    scaled = result["efficiency"]
+    assert scaled["visual_tokens"] == 64 and scaled["layer"] == 2
+    assert scaled["keep_ratio"] == pytest.approx(runs["photon"]["keep_ratio"], abs=1e-3)
+    assert 0 < scaled["ratios"]["prefill_s"] and scaled["ms"]["unpruned"]["prefill_s"] > 0
+    assert [t["held"] in (True, False, None) for t in result["targets"]] == [True] * 10
     from PIL import Image
 
-    pictures = result["pictures"]["kept_tokens"]
-    assert pictures and all(Image.open(p).format == "PNG" for p in pictures)
-    assert Image.open(result["pictures"]["retention"]).size[0] > 100
+    pictures = result["pictures"]
+    assert pictures["kept_tokens"] and all(Image.open(p).format == "PNG" for p in pictures["kept_tokens"])
+    assert Image.open(pictures["retention"]).size[0] > 100
+    sheet = Image.open(pictures["quadrants"])  # four questions about one volume, one row each
+    assert sheet.format == "PNG" and sheet.size[1] > 3 * sheet.size[0] / 4
+    # A second demo with the same grounding settings reuses the grounded backbone.
+    again = subprocess.run(command[:6] + [str(tmp_path / "again")] + command[7:], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["grounding"]["cached"] is True and "reused the grounded backbone" in again.stderr
 
 
 def test_overlays_frame_the_questions_region():

@@ -12,7 +12,7 @@ from photon.core.hookspecs import hookimpl
 
 
 def configure(parser):
-    parser.add_argument("--quick", action="store_true", help="a smaller set, volume and run: about two minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="a smaller set, volume and run: about three minutes on 2 CPU cores")
     parser.add_argument("--out", help="folder for data, runs, pictures and demo.json (default: runs/demo)")
     parser.add_argument("--json", action="store_true", help="print the measurements as one JSON object on stdout (progress goes to stderr)")
     parser.add_argument("overrides", nargs="*", help="settings as KEY=VALUE, e.g. steps=400 n_train=512 (docs/config.md)")
@@ -42,7 +42,7 @@ def settings(args):
 
 
 def run(args):
-    from photon.demo.report import findings, table
+    from photon.demo.report import efficiency_table, findings, table, verdicts
     from photon.demo.run import run_demo
 
     cfg = settings(args)
@@ -55,10 +55,18 @@ def run(args):
     print()
     print(table(result))
     print()
+    if result.get("efficiency"):
+        print(efficiency_table(result))
+        print()
     for line in findings(result):
         print(f"- {line}")
     print()
-    print(f"pictures: {', '.join(result['pictures']['kept_tokens'])}; retention over training: {result['pictures']['retention']}")
+    print("targets:")
+    for line in verdicts(result):
+        print(f"- {line}")
+    print()
+    print(f"pictures: {', '.join(result['pictures']['kept_tokens'])}; each quadrant asked of one volume: "
+          f"{result['pictures']['quadrants']}; retention over training: {result['pictures']['retention']}")
     print(f"all measurements: {cfg.out}/demo.json ({result['seconds']:.0f} s)")
     return 0
 

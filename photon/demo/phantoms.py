@@ -14,6 +14,15 @@ Four kinds of question:
   region is that quadrant.
 - count: "How many lesions are there?" -> 0-3; the relevant region is every lesion.
 
+Regions differ by anatomy as real chests do, so a small model can tell them apart by content as
+well as by position: each quadrant holds a structure of its own (a heart-like mass left
+anterior, a liver-like field right anterior, an aorta-like vessel left posterior, a bony
+vertebra-like ring right posterior), none as bright as an enhancing lesion.
+
+The grounding set (write_grounding) describes the same kind of volumes region by region
+("left anterior: lesion, 18 mm. right anterior: clear. ..."), the way pretraining on image
+descriptions grounds a released model's words in image regions.
+
 Volumes are written as NIfTI in L,P,S voxel order with thick axial slices, so they go
 through the same CT loader as a user's files (with `preprocess: false` and the stored
 size) and land in the model input exactly as generated.
@@ -29,7 +38,7 @@ import numpy as np
 
 QUADRANTS = ("left anterior", "right anterior", "left posterior", "right posterior")
 KINDS = ("presence", "exists", "where", "count")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "ground")
 KIND_PROBS = (0.4, 0.3, 0.15, 0.15)
 LESION_COUNT_PROBS = (0.1, 0.3, 0.3, 0.3)  # 0, 1, 2, 3 lesions (exists and count questions)
 PRESENCE_COUNT_PROBS = (0.5, 0.25, 0.15, 0.1)  # presence questions: half the volumes hold none
@@ -38,6 +47,14 @@ SLICE_MM = 8.0  # axial slice thickness
 RADIUS_MM = (10.0, 24.0)
 AIR, TISSUE, LUNG, LESION = -1000.0, 40.0, -850.0, 600.0  # enhancing lesions
 NOISE_HU = 12.0
+# Each quadrant's own structure: (HU, centre x, centre y, radius x, radius y) with x patient-left ->
+# right and y anterior -> posterior as fractions of the field of view; a ring has a hollow centre.
+ANATOMY = {
+    "left anterior": (100.0, -0.10, -0.18, 0.07, 0.06),  # heart-like mass (blood pool)
+    "right anterior": (60.0, 0.17, -0.16, 0.08, 0.07),  # liver-like parenchyma
+    "left posterior": (160.0, -0.07, 0.20, 0.035, 0.035),  # aorta-like vessel (contrast)
+    "right posterior": (220.0, 0.08, 0.22, 0.05, 0.045),  # vertebra-like bony ring
+}
 
 QUESTIONS = {
     "presence": "Is there a lesion? Answer yes or no.",
@@ -152,11 +169,24 @@ def make_case(index: int, split: str, rng: np.random.Generator, shape) -> Case:
     return Case(f"demo-{split}-{index:04d}", kind, question, answer, region, lesions, tuple(shape))
 
 
+def anatomy_masks(shape) -> dict[str, np.ndarray]:
+    """(D, H, W) bool per quadrant: its own structure (ANATOMY), the same on every slice."""
+    _, y, x = _grid_mm(shape)
+    masks = {}
+    for quadrant, (_, cx, cy, rx, ry) in ANATOMY.items():
+        inside = ((x - cx * FOV_MM) / (rx * FOV_MM)) ** 2 + ((y - cy * FOV_MM) / (ry * FOV_MM)) ** 2
+        mask = inside < 1 if quadrant != "right posterior" else (inside < 1) & (inside > 0.35)  # the ring
+        masks[quadrant] = np.broadcast_to(mask, shape)
+    return masks
+
+
 def render(case: Case, rng: np.random.Generator) -> np.ndarray:
     """The case's volume in HU, in the model-input convention (D, H, W)."""
     body, lungs = body_masks(case.shape)
     volume = np.where(body, TISSUE, AIR).astype(np.float32)
     volume[lungs] = LUNG
+    for quadrant, mask in anatomy_masks(case.shape).items():
+        volume[mask & body] = ANATOMY[quadrant][0]
     volume += rng.normal(0.0, NOISE_HU, case.shape).astype(np.float32) * body
     for lesion in case.lesions:
         volume[lesion_mask(lesion, case.shape)] = LESION + rng.normal(0.0, NOISE_HU)
@@ -196,6 +226,51 @@ def write_split(folder: str | Path, split: str, n: int, seed: int, shape) -> Pat
         }
         lines.append(json.dumps(record) + "\n")
     path = folder / f"{split}.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+# -- grounding: region-wise descriptions ----------------------------------------------------
+DESCRIBE_ALL = "Describe each quadrant."
+DESCRIBE_ONE = "Describe the {region} quadrant."
+
+
+def describe(case: Case, region: str | None = None) -> str:
+    """The region-wise description of a case: "left anterior: lesion. right anterior: clear. ...",
+    or one region's ("lesion" / "clear")."""
+    held = {lesion.quadrant for lesion in case.lesions}
+    if region is not None:
+        return "lesion" if region in held else "clear"
+    return " ".join(f"{q}: {'lesion' if q in held else 'clear'}." for q in QUADRANTS)
+
+
+def write_grounding(folder: str | Path, n: int, seed: int, shape) -> Path:
+    """n volumes of the same kind as the question set (their own seed stream), each described as
+    a whole and region by region (five records per volume): ground.jsonl. Deterministic."""
+    import nibabel as nib
+
+    folder = Path(folder)
+    (folder / "volumes").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, SPLITS.index("ground"), n])
+    lines = []
+    for i in range(n):
+        count = int(rng.choice(4, p=LESION_COUNT_PROBS))
+        quadrants = [QUADRANTS[k] for k in rng.permutation(4)[:count]]
+        case = Case(f"demo-ground-{i:04d}", "describe", DESCRIBE_ALL, "", None,
+                    tuple(_place(q, rng, shape) for q in quadrants), tuple(shape))
+        relative = f"volumes/{case.id}.nii.gz"
+        nib.save(to_nifti(render(case, rng), case.spacing), str(folder / relative))
+        for region in (None, *QUADRANTS):
+            question = DESCRIBE_ALL if region is None else DESCRIBE_ONE.format(region=region)
+            record = {
+                "id": f"{case.id}/{region or 'all'}".replace(" ", "-"),
+                "messages": [{"role": "user", "content": "<video>" + question},
+                             {"role": "assistant", "content": describe(case, region)}],
+                "videos": [relative],
+                "meta": {**case.meta(), "kind": "describe", "region": region},
+            }
+            lines.append(json.dumps(record) + "\n")
+    path = folder / "ground.jsonl"
     path.write_text("".join(lines))
     return path
 

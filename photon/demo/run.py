@@ -1,9 +1,12 @@
-"""The demo's run: write the phantom set, train twice (unpruned, then Photon phase 2 with the
-schedule scaled to the run), score both on held-out cases, and draw what Photon kept.
+"""The demo's run: write the phantom set, ground the backbone on region-wise descriptions (once
+per setting, cached), finetune it twice on the questions (unpruned, then Photon phase 2 with the
+schedule scaled to the run), score both on held-out cases, draw what Photon kept, and time
+both side by side, on the tiny model and on a larger random-weight one where pruning pays.
 
-Both trainings go through `photon train`'s own code (photon.training.trainer.train) in this
-process, one after the other, on the same data order and initial weights; peak memory is
-reset before each (CUDA max allocated, or the process's peak RSS on Linux).
+Every training goes through `photon train`'s own code (photon.training.trainer.train) in this
+process, one after the other; the two compared runs start from the same grounded checkpoint and
+see the same data order. Peak memory is reset before each (CUDA max allocated, or the process's
+peak RSS on Linux).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import json
 import re
 import statistics
@@ -23,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from photon.bench import flops
+from photon.core.errors import PhotonError
 from photon.demo import phantoms
 from photon.demo.config import DemoConfig
 
@@ -40,23 +45,26 @@ def normalise(answer: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]", " ", answer.lower()).split())
 
 
-def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str]):
+def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str], *, steps: int | None = None,
+                 lr: float | None = None):
     from photon.training.trainer import load_train_config
 
+    steps = cfg.steps if steps is None else steps
+    lr = cfg.lr if lr is None else lr
     return load_train_config(None, [
         "run.phase=2",
         f"run.output_dir={out}",
-        f"run.max_steps={cfg.steps}",
+        f"run.max_steps={steps}",
         f"run.micro_batch_size={cfg.batch_size}",
-        f"run.save_every={cfg.steps}",
+        f"run.save_every={steps}",
         "run.keep_last=1",
         f"run.seed={cfg.seed}",
         f"run.progress={str(cfg.progress).lower()}",
         f"model.backbone={cfg.backbone}",
         f"data.train={records}",
         f"data.media={json.dumps(ct_options(cfg))}",  # JSON is YAML flow syntax
-        f"optim.lr={cfg.lr}",
-        f"optim.vit_lr={cfg.lr}",  # the tiny backbone's vision tower is random too
+        f"optim.lr={lr}",
+        f"optim.vit_lr={lr}",  # the tiny backbone's vision tower is random too
         f"optim.warmup_ratio={cfg.warmup_ratio}",
         "photon.schedule.scale_with_run=true",
         *extra,
@@ -77,13 +85,13 @@ def training_facts(rows: list[dict], seconds: float, peak: int | None) -> dict:
     }
 
 
-def train_once(cfg: DemoConfig, label: str, records: Path, extra: list[str]):
+def train_once(cfg: DemoConfig, out: Path, records: Path, extra: list[str], **schedule):
     from photon.bench.memory import peak_bytes, reset_peak
     from photon.training.trainer import train
 
     import torch
 
-    tc = train_config(cfg, records, Path(cfg.out) / "runs" / label, extra)
+    tc = train_config(cfg, records, out, extra, **schedule)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     reset_peak(device)
     started = time.perf_counter()
@@ -98,6 +106,60 @@ def release(run) -> Any:
     run.engine = None
     gc.collect()
     return loaded
+
+
+# -- grounding: what pretraining gives a released backbone ----------------------------------------
+GROUNDING_FORMAT = 1  # bump when the grounding data or recipe changes, so older caches are not reused
+
+
+def grounding_settings(cfg: DemoConfig) -> dict:
+    """Everything the grounded weights depend on: its cache key."""
+    return {"format": GROUNDING_FORMAT, "backbone": cfg.backbone, "seed": cfg.seed, "volume": list(cfg.volume),
+            "volumes": cfg.grounding_volumes, "steps": cfg.grounding_steps, "lr": cfg.grounding_lr,
+            "batch_size": cfg.batch_size, "warmup_ratio": cfg.warmup_ratio,
+            # what the phantoms look like, so changing them in code does not reuse a stale cache
+            "phantoms": {"anatomy": phantoms.ANATOMY, "hu": [phantoms.AIR, phantoms.TISSUE, phantoms.LUNG, phantoms.LESION],
+                         "radius_mm": phantoms.RADIUS_MM, "noise_hu": phantoms.NOISE_HU}}
+
+
+def grounding_folder(cfg: DemoConfig) -> Path:
+    key = hashlib.sha256(json.dumps(grounding_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.grounding_cache) / key
+
+
+def ground(cfg: DemoConfig, records: Path) -> tuple[Path, dict, bool]:
+    """The grounded backbone's run folder, its facts, and whether it came from the cache. A run
+    that did not finish leaves no grounded.json and is trained again from the start."""
+    from photon.training.plot import read_log
+
+    folder = grounding_folder(cfg)
+    done = folder / "grounded.json"
+    if done.is_file():
+        return folder, json.loads(done.read_text()), True
+    run, seconds, peak = train_once(cfg, folder, records, NO_PRUNING, steps=cfg.grounding_steps, lr=cfg.grounding_lr)
+    facts = {"settings": grounding_settings(cfg), "records": str(records),
+             "training": training_facts(read_log(run.log_path), seconds, peak)}
+    del run
+    gc.collect()
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = done.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(facts, indent=1))
+    partial.replace(done)  # written last, atomically: its presence means the run is complete
+    return folder, json.loads(done.read_text()), False  # as a cached run returns them
+
+
+def mix_replay(questions: Path, grounding: Path, share: float, seed: int) -> Path:
+    """The finetuning set: every question record plus grounding descriptions making up `share` of
+    the whole, so finetuning on questions does not wash out what grounding taught."""
+    if not 0 <= share < 1:
+        raise PhotonError(f"replay must be a share in [0, 1), got {share}")
+    asked = questions.read_text().splitlines()
+    described = grounding.read_text().splitlines()
+    n = min(len(described), round(len(asked) * share / (1 - share)))
+    picked = np.random.default_rng([seed, 19]).choice(len(described), size=n, replace=False)
+    path = questions.with_name("finetune.jsonl")
+    path.write_text("".join(line + "\n" for line in asked + [described[i] for i in sorted(picked)]))
+    return path
 
 
 # -- scoring ----------------------------------------------------------------------------------
@@ -203,9 +265,9 @@ def summarise(rows: list[dict], peak: int | None, predictions: Path, *, pruned: 
     }
 
 
-def prior_accuracy(train_records: Path, test_records: Path) -> float:
-    """Accuracy of answering each kind of question with its most common training answer:
-    what a model that ignores the volume can reach."""
+def prior_accuracy(train_records: Path, test_records: Path) -> tuple[float, dict[str, float | None]]:
+    """Accuracy of answering each kind of question with its most common training answer (what a
+    model that ignores the volume can reach): overall, and per kind."""
     def read(path):
         return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -213,8 +275,12 @@ def prior_accuracy(train_records: Path, test_records: Path) -> float:
     for r in read(train_records):
         answers[r["meta"]["kind"]][r["messages"][-1]["content"]] += 1
     common = {kind: counts.most_common(1)[0][0] if counts else "" for kind, counts in answers.items()}
-    test = read(test_records)
-    return sum(common[r["meta"]["kind"]] == r["messages"][-1]["content"] for r in test) / len(test)
+    hits = [(r["meta"]["kind"], common[r["meta"]["kind"]] == r["messages"][-1]["content"]) for r in read(test_records)]
+    by_kind = {}
+    for kind in phantoms.KINDS:
+        mine = [hit for k, hit in hits if k == kind]
+        by_kind[kind] = sum(mine) / len(mine) if mine else None
+    return sum(hit for _, hit in hits) / len(hits), by_kind
 
 
 # -- timing, side by side -----------------------------------------------------------------------
@@ -319,6 +385,94 @@ class CaseDrawer:
         self.written.append(str(path))
 
 
+def pick_quadrant_case(test_records: Path) -> dict:
+    """A held-out volume whose answer differs by quadrant: one or two lesions (else the first)."""
+    rows = [json.loads(line) for line in test_records.read_text().splitlines()]
+    return next((r for r in rows if 1 <= len(r["meta"]["lesions"]) <= 2), rows[0])
+
+
+def draw_four_quadrants(loaded, cfg: DemoConfig, test_records: Path, path: Path) -> str:
+    """One test volume asked about each quadrant in turn, the kept tokens side by side (one row per
+    question): the selection should move with the question."""
+    from PIL import Image
+
+    from photon.inference import generate_batch, load_inputs
+    from photon.visualize import draw_medium, token_grids
+
+    case = pick_quadrant_case(test_records)
+    lines = []
+    for region in phantoms.QUADRANTS:
+        held = region in {lesion["quadrant"] for lesion in case["meta"]["lesions"]}
+        question = phantoms.QUESTIONS["exists"].format(region=region)
+        lines.append(json.dumps({
+            "id": f"{case['id']}/{region.replace(' ', '-')}", "videos": case["videos"],
+            "messages": [{"role": "user", "content": "<video>" + question}, {"role": "assistant", "content": "yes" if held else "no"}],
+            "meta": {**case["meta"], "kind": "exists", "region": region},
+        }) + "\n")
+    records = test_records.with_name("quadrants.jsonl")
+    records.write_text("".join(lines))
+    dataset = phantom_dataset(loaded, records, cfg, train=False)
+    model = loaded.model
+    model.eval()
+    model._photon.plan = None
+    import torch
+
+    with torch.no_grad():
+        results = generate_batch(loaded, loaded.encoder.collate([dataset[i] for i in range(len(dataset))]), cfg.max_new_tokens)
+    frames = load_inputs([path for _, path in dataset.entries[0].media], ct_options(cfg))[0].frames
+    panels = []
+    for entry, result in zip(dataset.entries, results):
+        keep = token_grids(result.selection)[0]
+        region = phantoms.to_token_grid(phantoms.relevant_voxels(entry.meta), keep.shape)
+        title = (f"{entry.meta['region']}? reference {entry.messages[-1]['content']}, answer {result.answer!r}; "
+                 f"kept {result.n_kept}/{result.n_visual}")
+        panels.append(draw_medium(frames, keep, temporal_patch=loaded.encoder.geometry.temporal_patch_size,
+                                  title=title, outline=region))
+    width = max(p.width for p in panels)
+    sheet = Image.new("RGB", (width, sum(p.height for p in panels)), "white")
+    top = 0
+    for panel in panels:
+        sheet.paste(panel, (0, top))
+        top += panel.height
+    sheet.save(path, format="PNG")
+    return str(path)
+
+
+# -- where pruning pays: the same comparison on a larger random-weight model ----------------------
+def efficiency(cfg: DemoConfig, keep_ratio: float, layer: int) -> dict | None:
+    """`photon bench` on the efficiency_size model (random weights: time does not depend on them)
+    at Photon's measured keep ratio and selection layer: stock and Photon side by side."""
+    if not cfg.efficiency_size:
+        return None
+    from tqdm import tqdm
+
+    from photon.bench.harness import BenchOptions, run_bench
+    from photon.bench.models import ModelSpec
+
+    options = BenchOptions(
+        model=ModelSpec(size=cfg.efficiency_size, seed=cfg.seed), pruners=("photon",), keep=(round(keep_ratio, 3),),
+        visual_tokens=cfg.efficiency_visual_tokens, batch=1, new_tokens=cfg.max_new_tokens,
+        repeats=cfg.timing_rounds, layer=layer, memory=False,
+    )
+    bar = tqdm(desc=f"time {cfg.efficiency_size} model", unit="step", disable=not cfg.progress)
+
+    def progress(message, step, total):
+        bar.total = total
+        bar.set_postfix_str(message[:40])
+        bar.update(step - bar.n)
+
+    result = run_bench(options, progress)
+    bar.close()
+    stock, pruned = result["configurations"]
+    times = lambda config: {k: 1000 * v[options.statistic] for k, v in config["times"].items()}  # noqa: E731 (ms)
+    return {
+        "model": result["model"]["description"], "visual_tokens": result["input"]["visual_tokens_per_sample"][0],
+        "keep_ratio": pruned["keep_ratio"], "layer": pruned["layer"], "kept_tokens": pruned["kept_tokens"][0],
+        "ms": {"unpruned": times(stock), "photon": times(pruned)},
+        "ratios": pruned["ratios"], "ideal_ratios": pruned["ideal_ratios"],
+    }
+
+
 # -- the whole demo ----------------------------------------------------------------------------
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     import photon
@@ -328,32 +482,45 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    say(f"[1/4] writing {cfg.n_train} training and {cfg.n_test} test phantoms ({'x'.join(map(str, cfg.volume))}) to {data}")
+    say(f"[1/6] writing {cfg.n_train} training and {cfg.n_test} test phantoms and {cfg.grounding_volumes} described "
+        f"ones ({'x'.join(map(str, cfg.volume))}) to {data}")
     train_records = phantoms.write_split(data, "train", cfg.n_train, cfg.seed, tuple(cfg.volume))
     test_records = phantoms.write_split(data, "test", cfg.n_test, cfg.seed, tuple(cfg.volume))
+    ground_records = phantoms.write_grounding(data, cfg.grounding_volumes, cfg.seed, tuple(cfg.volume))
+    finetune_records = mix_replay(train_records, ground_records, cfg.replay, cfg.seed)
     runs: dict[str, dict] = {}
     pictures: list[str] = []
 
-    say(f"[2/4] training {cfg.backbone} without pruning ({cfg.steps} steps of {cfg.batch_size})")
-    run, seconds, peak = train_once(cfg, "unpruned", train_records, NO_PRUNING)
+    grounded = grounding_folder(cfg)
+    say(f"[2/6] grounding {cfg.backbone} on region-wise descriptions ({cfg.grounding_steps} steps of {cfg.batch_size}), "
+        f"cached in {grounded}")
+    grounded, grounding, cached = ground(cfg, ground_records)
+    if cached:
+        say(f"      reused the grounded backbone in {grounded} (same settings; delete the folder to train it again)")
+    start = [f"model.checkpoint={grounded}"]
+
+    say(f"[3/6] finetuning the grounded backbone without pruning ({cfg.steps} steps of {cfg.batch_size})")
+    run, seconds, peak = train_once(cfg, out / "runs" / "unpruned", finetune_records, NO_PRUNING + start)
     runs["unpruned"] = {"training": training_facts(read_log(run.log_path), seconds, peak)}
     base = release(run)
     del run
 
-    say(f"[3/4] training {cfg.backbone} with Photon phase 2 (stages full / soft / hard / flip scaled to {cfg.steps} steps)")
-    run, seconds, peak = train_once(cfg, "photon", train_records, [f"photon.{o}" for o in cfg.photon])
+    say(f"[4/6] finetuning the grounded backbone with Photon phase 2 (stages full / soft / hard / flip scaled to {cfg.steps} steps)")
+    run, seconds, peak = train_once(cfg, out / "runs" / "photon", finetune_records, start + [f"photon.{o}" for o in cfg.photon])
     log = read_log(run.log_path)
     pruned_steps = {r["step"] for r in log if r["stage"] in PRUNED_STAGES}
     runs["photon"] = {"training": training_facts(log, seconds, peak)}
     trained = release(run)
     retention = plot_training(run.log_path, out / "retention.png", window=max(1, cfg.steps // 20))
     del run
+    layer = trained.model._photon.layer
 
-    say("[4/4] scoring the held-out cases and timing the models side by side")
+    say("[5/6] scoring the held-out cases and timing the models side by side")
     runs["unpruned"].update(evaluate(base, test_records, cfg, "unpruned", prune=False))
     timed = [Timed("unpruned", base, prune=False, train=True)]
     if cfg.zero_shot:
-        photon.attach(base.model, mode="zero_shot")  # training-free ITS on the finetuned model
+        # Training-free ITS on the unpruned run's model (grounded, then finetuned), at Photon's layer.
+        photon.attach(base.model, mode="zero_shot", layer=layer)
         drawer = CaseDrawer(base, cfg, out, "zero-shot")
         runs["zero-shot ITS"] = {"training": None, **evaluate(base, test_records, cfg, "zero-shot", prune=True, on_case=drawer)}
         pictures += drawer.written
@@ -361,6 +528,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     drawer = CaseDrawer(trained, cfg, out, "photon")
     runs["photon"].update(evaluate(trained, test_records, cfg, "photon", prune=True, on_case=drawer))
     pictures += drawer.written
+    quadrants = draw_four_quadrants(trained, cfg, test_records, out / "quadrants-photon.png")
     timed.insert(1, Timed("photon", trained, prune=True, train=True))
     for label, timing in time_side_by_side(timed, train_records, test_records, cfg).items():
         runs[label]["timing"] = timing
@@ -370,13 +538,27 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         runs["random"] = {"training": None, "timing": None, **evaluate(trained, test_records, cfg, "random", prune=True)}
     del base, trained
     gc.collect()
+
+    if cfg.efficiency_size:
+        say(f"[6/6] timing unpruned and Photon on the {cfg.efficiency_size} random-weight model at "
+            f"{cfg.efficiency_visual_tokens} visual tokens (keep {runs['photon']['keep_ratio']:.2f}, layer {layer})")
+    else:
+        say("[6/6] no larger model timed (efficiency_size is empty)")
+    scaled = efficiency(cfg, runs["photon"]["keep_ratio"], layer)
+    prior, prior_by_kind = prior_accuracy(train_records, test_records)
     result = {
         "settings": dataclasses.asdict(cfg),
+        "grounding": {**grounding, "folder": str(grounded), "cached": cached},
         "runs": runs,
-        "answer_prior_accuracy": prior_accuracy(train_records, test_records),
+        "efficiency": scaled,
+        "answer_prior_accuracy": prior,
+        "answer_prior_by_kind": prior_by_kind,
         "pruned_steps": [min(pruned_steps), max(pruned_steps)] if pruned_steps else None,
-        "pictures": {"kept_tokens": pictures, "retention": str(retention)},
+        "pictures": {"kept_tokens": pictures, "quadrants": quadrants, "retention": str(retention)},
         "seconds": round(time.perf_counter() - started, 1),
     }
+    from photon.demo.report import targets
+
+    result["targets"] = targets(result)
     (out / "demo.json").write_text(json.dumps(result, indent=1))
     return result
