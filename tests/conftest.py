@@ -1,7 +1,27 @@
+import os
+
 import numpy as np
 import pytest
 
 from photon.modalities.base import Media
+
+
+PROCESS_GROUP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _process_group_env_stays_in_its_test():
+    """A training run inside the pytest process creates a one-process group on a free port and
+    sets RANK/MASTER_PORT in os.environ; the group (and its port) lives on. A later test's
+    subprocess (`photon demo`, lmms-eval) would inherit those variables, try to join that port
+    and fail with EADDRINUSE, so each test gets the environment it started with back."""
+    before = {key: os.environ.get(key) for key in PROCESS_GROUP_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 class Sample:
