@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from photon.core.config import SGPConfig
@@ -120,3 +121,23 @@ def test_soft_scale_weights_visual_rows_only():
     # A bf16 model's hidden states stay bf16 when the predictor's q is fp32.
     low = soft_scale(hidden.bfloat16(), q, vis)
     assert low.dtype == torch.bfloat16 and low[0, :, 0].tolist() == [0.25, 1.0, 0.8984375]
+
+
+def test_kept_statistics_ignore_dropped_tokens_and_visual_statistics_do_not():
+    from photon.core.config import SGPConfig
+    from photon.core.sgp import surrogate_q_grad
+
+    torch.manual_seed(0)
+    x, g = torch.randn(1, 6, 4), torch.randn(1, 6, 4)
+    q = torch.full((1, 6), 0.5, dtype=torch.bfloat16)
+    vision = torch.tensor([[False, True, True, True, True, True]])
+    keep = torch.tensor([[True, True, True, True, False, False]])  # tokens 4 and 5 dropped
+    moved = x.clone()
+    moved[0, 5] *= 7.0  # only a dropped token's eta and magnitude change
+    for statistics, others_move in (("kept", False), ("visual", True)):
+        config = SGPConfig(statistics=statistics)
+        before, after = (surrogate_q_grad(v, g, q, keep, vision, config) for v in (x, moved))
+        assert before.dtype == torch.bfloat16 and before[0, 0] == 0  # text rows get no gradient
+        assert torch.equal(before[0, 1:5], after[0, 1:5]) != others_move, statistics
+    with pytest.raises(ValueError, match="sgp.statistics must be 'visual' or 'kept', got 'all'"):
+        surrogate_q_grad(x, g, q, keep, vision, SGPConfig(statistics="all"))
