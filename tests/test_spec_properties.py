@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from photon.core import its, losses
@@ -134,6 +134,7 @@ def test_stages_switch_exactly_at_their_boundaries(a, b, c, step):
 
 @FAST
 @given(st.integers(1, 20000))
+@example(4070)  # 9000 x 0.407 in floats is 3662.999...: the flip stage started a step early
 def test_a_scaled_schedule_keeps_the_papers_fractions(total):
     scaled = Schedule.from_config(ScheduleConfig(scale_with_run=True), total)
     assert (scaled.soft_start, scaled.hard_start, scaled.flip_start) == (

@@ -7,7 +7,6 @@ seed and step).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,8 +60,9 @@ class Schedule:
             return cls(config.soft_start, config.hard_start, config.flip_start)
         if not total_steps:
             raise ValueError("schedule.scale_with_run needs the run's total number of steps")
-        ratio = total_steps / config.reference_steps
-        return cls(*(int(math.floor(b * ratio)) for b in (config.soft_start, config.hard_start, config.flip_start)))
+        # Integer floor of b * total / reference: the float product missed by one step (9000 x 0.407
+        # is 3662.999...), moving the flip stage off the paper's 90% for such run lengths.
+        return cls(*(b * total_steps // config.reference_steps for b in (config.soft_start, config.hard_start, config.flip_start)))
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def plan_batch(step: int, schedule: Schedule, config: ScheduleConfig) -> BatchPl
     if draws[0] < config.robust_prob:
         probs = torch.tensor(config.augment_probs, dtype=torch.float64)
         if len(probs) != len(AUGMENTATIONS) or (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError(f"schedule.augment_probs needs {len(AUGMENTATIONS)} non-negative weights, got {list(probs)}")
+            raise ValueError(f"schedule.augment_probs needs {len(AUGMENTATIONS)} non-negative weights, not all zero, got {list(config.augment_probs)}")
         augment = AUGMENTATIONS[int(torch.multinomial(probs, 1, generator=gen))]
     flip = augment is None and stage is Stage.FLIP and bool(draws[1] < config.flip_prob)
     return BatchPlan(step=step, stage=stage, augment=augment, flip=flip)
