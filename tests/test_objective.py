@@ -1,6 +1,7 @@
 """Band, flip and robust losses and the schedule (PHOTON_SPEC section 6)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -87,6 +88,20 @@ def test_batch_plans_are_reproducible_and_follow_the_probabilities():
     assert not any(plan_batch(t, s, cfg).flip for t in range(8000, 9000))
     assert all(not p.band for p in plans if p.augment)
     assert not plan_batch(10, s, cfg).prunes
+    assert [p.step for p in plans[:3]] == [9000, 9001, 9002]
+
+
+@pytest.mark.parametrize("weights", [[1.0] * 5, [1.0, 1.0, 1.0, 1.0, 1.0, -0.5], [0.0] * 6])
+def test_batch_plans_refuse_augmentation_weights_that_are_not_six_non_negative_ones(weights):
+    cfg = ScheduleConfig(robust_prob=1.0, augment_probs=weights)
+    with pytest.raises(ValueError, match=r"needs 6 non-negative weights, not all zero, got \[" + re.escape(", ".join(map(str, weights)))):
+        plan_batch(0, Schedule(), cfg)
+
+
+def test_a_zero_weight_turns_one_augmentation_off():
+    cfg = ScheduleConfig(robust_prob=1.0, augment_probs=[0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    drawn = {plan_batch(t, Schedule(), cfg).augment for t in range(300)}
+    assert drawn == set(AUGMENTATIONS[1:])
 
 
 def test_robust_augmentations():
