@@ -129,3 +129,11 @@ def test_zero_shot_rules_and_min_keep():
     assert its.zero_shot_keep(rho, vis, rule="theta", theta=2.0).tolist() == [[False, False, False, True, False, False]]
     with pytest.raises(ValueError, match="unknown zero-shot rule"):
         its.zero_shot_keep(rho, vis, rule="median")
+
+
+def test_threshold_features_of_a_batch_whose_first_sample_has_no_visual_tokens():
+    u = torch.tensor([[1.0, 2.0, 3.0], [0.5, 4.0, 1.5]])
+    vis = torch.tensor([[False, False, False], [True, True, True]])
+    f = its.threshold_features(u, vis)
+    assert f.shape == (2, its.N_FEATURES) and f[0].eq(0).all()
+    torch.testing.assert_close(f[1], its.threshold_features(u[1:], vis[1:])[0])

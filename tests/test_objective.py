@@ -153,3 +153,11 @@ def test_a_training_forward_computes_logits_for_the_answer_window_only():
     assert wrapped.logits.shape[1] == window < inputs["input_ids"].shape[1]
     torch.testing.assert_close(wrapped.loss, stock.loss)
     torch.testing.assert_close(wrapped.logits, stock.logits[:, -window:])
+
+
+def test_band_loss_without_visual_tokens_is_a_zero_that_keeps_the_graph():
+    q = torch.tensor([[0.9, 0.7]], requires_grad=True)
+    value = losses.band_loss(q, torch.tensor([[False, False]]))
+    assert value.item() == 0.0 and value.requires_grad
+    value.backward()
+    assert q.grad.tolist() == [[0.0, 0.0]]

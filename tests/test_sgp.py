@@ -141,3 +141,11 @@ def test_kept_statistics_ignore_dropped_tokens_and_visual_statistics_do_not():
         assert torch.equal(before[0, 1:5], after[0, 1:5]) != others_move, statistics
     with pytest.raises(ValueError, match="sgp.statistics must be 'visual' or 'kept', got 'all'"):
         surrogate_q_grad(x, g, q, keep, vision, SGPConfig(statistics="all"))
+
+
+def test_masked_means_count_only_the_masked_entries():
+    from photon.core.sgp import _masked_mean
+
+    x = torch.tensor([[3.0, 10.0, 5.0], [2.0, 4.0, 6.0], [7.0, 7.0, 7.0]])
+    mask = torch.tensor([[True, False, False], [True, True, True], [False, False, False]])
+    assert _masked_mean(x, mask).flatten().tolist() == [3.0, 4.0, 0.0]  # an empty row: 0, not NaN
