@@ -149,3 +149,18 @@ def test_masked_means_count_only_the_masked_entries():
     x = torch.tensor([[3.0, 10.0, 5.0], [2.0, 4.0, 6.0], [7.0, 7.0, 7.0]])
     mask = torch.tensor([[True, False, False], [True, True, True], [False, False, False]])
     assert _masked_mean(x, mask).flatten().tolist() == [3.0, 4.0, 0.0]  # an empty row: 0, not NaN
+
+
+@pytest.mark.parametrize("hidden_grad, q_grad", [(True, False), (False, True), (True, True)])
+def test_sgp_gather_returns_each_gradient_that_is_asked_for(hidden_grad, q_grad):
+    hidden = torch.arange(12.0).reshape(1, 4, 3).requires_grad_(hidden_grad)
+    q = torch.tensor([[0.5, 0.4, 0.7, 0.6]], requires_grad=q_grad)
+    vision = torch.tensor([[False, True, True, True]])
+    keep = torch.tensor([[True, True, False, True]])
+    packed = sgp_gather(hidden, keep, q, vision)
+    (packed * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    if hidden_grad:  # the kept rows get the upstream gradient, the dropped row none
+        assert hidden.grad[0].tolist() == [[1.0, 2.0, 3.0]] * 2 + [[0.0, 0.0, 0.0]] + [[1.0, 2.0, 3.0]]
+    if q_grad:
+        assert q.grad[0, 0] == 0 and q.grad[0, 1:].abs().sum() > 0
+    assert (hidden.grad is None) != hidden_grad and (q.grad is None) != q_grad
