@@ -137,3 +137,10 @@ def test_threshold_features_of_a_batch_whose_first_sample_has_no_visual_tokens()
     f = its.threshold_features(u, vis)
     assert f.shape == (2, its.N_FEATURES) and f[0].eq(0).all()
     torch.testing.assert_close(f[1], its.threshold_features(u[1:], vis[1:])[0])
+
+
+def test_top_k_breaks_ties_by_position_and_never_keeps_text():
+    rho = torch.tensor([[0.5, 0.2, 0.5, 0.5, 0.9, 0.5]])
+    vis = torch.tensor([[True, True, True, True, False, True]])  # the 0.9 is a text token
+    keep = its.top_k_by_rho(rho, vis, torch.tensor([2]))
+    assert keep[0].tolist() == [True, False, True, False, False, False]

@@ -161,3 +161,16 @@ def test_band_loss_without_visual_tokens_is_a_zero_that_keeps_the_graph():
     assert value.item() == 0.0 and value.requires_grad
     value.backward()
     assert q.grad.tolist() == [[0.0, 0.0]]
+
+
+def test_an_unscaled_schedule_takes_the_configured_boundaries_and_a_scaled_one_needs_the_run_length():
+    cfg = ScheduleConfig(soft_start=10, hard_start=30, flip_start=35)
+    assert Schedule.from_config(cfg, total_steps=100) == Schedule(10, 30, 35)  # scale_with_run is off
+    with pytest.raises(ValueError, match="schedule.scale_with_run needs the run's total number of steps"):
+        Schedule.from_config(ScheduleConfig(scale_with_run=True))
+
+
+def test_batch_generators_differ_by_seed_and_by_step():
+    draws = {(seed, step): batch_generator(seed, step).initial_seed() for seed in (0, 1, 7) for step in range(300)}
+    assert len(set(draws.values())) == len(draws)
+    assert batch_generator(7, 12).initial_seed() == batch_generator(7, 12).initial_seed()
