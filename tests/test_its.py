@@ -144,3 +144,13 @@ def test_top_k_breaks_ties_by_position_and_never_keeps_text():
     vis = torch.tensor([[True, True, True, True, False, True]])  # the 0.9 is a text token
     keep = its.top_k_by_rho(rho, vis, torch.tensor([2]))
     assert keep[0].tolist() == [True, False, True, False, False, False]
+
+
+def test_retention_is_the_spec_sigmoid_with_its_temperature_and_keeps_above_one_half():
+    rho = torch.tensor([[0.1, 0.5, 0.9], [0.2, 0.2, 0.6]])
+    theta = torch.tensor([0.5, 0.2])
+    q = its.retention(rho, theta, tau=0.1)  # sigmoid((rho - theta) / tau), theta per sample
+    expected = [[1 / (1 + math.exp(4.0)), 0.5, 1 / (1 + math.exp(-4.0))], [0.5, 0.5, 1 / (1 + math.exp(-4.0))]]
+    torch.testing.assert_close(q, torch.tensor(expected))
+    keep = its.keep_from_retention(q, torch.ones_like(rho, dtype=torch.bool))
+    assert keep.tolist() == [[False, False, True], [False, False, True]]  # exactly 0.5 is dropped

@@ -174,3 +174,20 @@ def test_batch_generators_differ_by_seed_and_by_step():
     draws = {(seed, step): batch_generator(seed, step).initial_seed() for seed in (0, 1, 7) for step in range(300)}
     assert len(set(draws.values())) == len(draws)
     assert batch_generator(7, 12).initial_seed() == batch_generator(7, 12).initial_seed()
+
+
+@pytest.mark.parametrize("kind", AUGMENTATIONS)
+def test_robust_augmentations_follow_their_generator_and_keep_the_dtype(kind):
+    x = (torch.rand(64, 12, generator=torch.Generator().manual_seed(1)) + 1.0).bfloat16()
+    one, two = (robust_augment(x, kind, batch_generator(3, 7)) for _ in range(2))
+    other = robust_augment(x, kind, batch_generator(3, 8))
+    assert one.dtype == torch.bfloat16 and one.shape == x.shape and torch.equal(one, two)
+    if kind != "zeros":  # the one augmentation that draws nothing
+        assert not torch.equal(one, other)
+    if kind == "noise":  # each row drawn on its own, within the matrix's range
+        assert len({tuple(row.tolist()) for row in one}) == 64 and x.min() <= one.min() <= one.max() <= x.max()
+
+
+def test_an_unknown_augmentation_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown augmentation 'blur'; expected one of " + ", ".join(AUGMENTATIONS)):
+        robust_augment(torch.ones(2, 2), "blur", batch_generator(0, 0))

@@ -319,3 +319,10 @@ def test_photon_selection_flops_counts_qk_projections_ise_and_saliency():
     assert PhotonPruner(hidden_size=8).selection_flops(dims, shape) == 2192.0
     more = SimpleNamespace(tokens=10, instruction=3, visual=6)
     assert PhotonPruner(hidden_size=8).selection_flops(dims, more) == 2192.0 + 16
+
+
+def test_the_photon_pruner_factory_keeps_the_given_selection_config():
+    from photon.core.pruners import make_photon_pruner
+
+    pruner = make_photon_pruner(SelectionConfig(layer=3, theta_scale=0.7), hidden_size=16)
+    assert pruner.config.layer == 3 and pruner.predictor.theta_scale == 0.7
