@@ -326,3 +326,33 @@ def test_the_photon_pruner_factory_keeps_the_given_selection_config():
 
     pruner = make_photon_pruner(SelectionConfig(layer=3, theta_scale=0.7), hidden_size=16)
     assert pruner.config.layer == 3 and pruner.predictor.theta_scale == 0.7
+
+
+@pytest.mark.parametrize("settings, rule", [
+    ({"keep": "all", "keep_ratio": 0.3}, "keep=all"),
+    ({"keep_ratio": 0.25, "theta": 0.4}, "keep_ratio=0.25"),
+    ({"theta": 0.4, "mode": "zero_shot"}, "theta=0.4"),
+    ({"mode": "zero_shot", "rule": "mean"}, "zero_shot:mean"),
+    ({"mode": "trained"}, "trained"),
+])
+def test_the_photon_rule_names_the_setting_that_decides(settings, rule):
+    from photon.core.pruners import PhotonPruner
+
+    assert PhotonPruner(SelectionConfig(**settings), hidden_size=8).rule() == rule
+
+
+def test_an_unknown_selection_mode_is_refused_by_name():
+    from photon.core.pruners import PhotonPruner
+
+    with pytest.raises(ValueError, match="selection.mode must be 'trained' or 'zero_shot', got 'greedy'"):
+        PhotonPruner(SelectionConfig(mode="greedy"), hidden_size=8).rule()
+
+
+def test_the_selection_layer_defaults_to_the_release_rule_and_must_be_a_decoder_layer():
+    from photon.core.pruners import PhotonPruner
+
+    assert [PhotonPruner(hidden_size=8).layer_for(n) for n in (36, 28, 8, 3)] == [8, 6, 1, 0]
+    assert PhotonPruner(SelectionConfig(layer=5), hidden_size=8).layer_for(6) == 5
+    for layer in (6, -1):
+        with pytest.raises(ValueError, match=rf"selection layer {layer} is outside the decoder's layers 0..5"):
+            PhotonPruner(SelectionConfig(layer=layer), hidden_size=8).layer_for(6)
