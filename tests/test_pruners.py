@@ -356,3 +356,52 @@ def test_the_selection_layer_defaults_to_the_release_rule_and_must_be_a_decoder_
     for layer in (6, -1):
         with pytest.raises(ValueError, match=rf"selection layer {layer} is outside the decoder's layers 0..5"):
             PhotonPruner(SelectionConfig(layer=layer), hidden_size=8).layer_for(6)
+
+
+def _context(keys, instruction=True):
+    """One sample: a text token, four visual tokens whose keys are `keys`, two question tokens
+    (keys 1) attending to each other. Every query is 1 and the head width 1, so ITS's weighted
+    question query is 1 and u_j is the visual token's key: rho is the keys rescaled to [0, 1]."""
+    k = torch.tensor([0.0, *keys, 1.0, 1.0]).reshape(1, 1, 7, 1)
+    q = torch.ones(1, 1, 7, 1)
+    vision = torch.tensor([[False, True, True, True, True, False, False]])
+    asked = torch.tensor([[False] * 5 + [instruction] * 2])
+    return SelectionContext(hidden=torch.zeros(1, 7, 8), vision_mask=vision, instruction_mask=asked,
+                            attention_mask=torch.ones(1, 7, dtype=torch.bool), layer=1, num_layers=4,
+                            compute_query_key=lambda: (q, k))
+
+
+@pytest.mark.parametrize("settings, kept, theta", [
+    ({"mode": "zero_shot", "keep_ratio": 0.5}, [3, 4], None),
+    ({"mode": "zero_shot", "rule": "theta", "theta": 0.2}, [2, 3, 4], 0.2),  # rho 0, 1/3, 2/3, 1
+    ({"mode": "zero_shot", "rule": "mean"}, [3, 4], "mean"),
+    ({"mode": "zero_shot", "rule": "theta", "theta": 1.5, "min_keep": 2}, [3, 4], 1.5),  # the floor
+])
+def test_photon_select_keeps_what_each_rule_says_on_a_hand_built_layer(settings, kept, theta):
+    from photon.core.pruners import PhotonPruner
+
+    pruner = PhotonPruner(SelectionConfig(**settings), hidden_size=8)
+    chosen = pruner.select(_context([0.0, 1.0, 2.0, 3.0]))
+    assert torch.nonzero(chosen.keep[0]).flatten().tolist() == kept
+    rho = chosen.rho[0, 1:5]
+    torch.testing.assert_close(rho, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
+    assert chosen.rho[0, 0] == 0 and chosen.u.shape == (1, 7) and chosen.fallback == [None] and chosen.rule == pruner.rule() and chosen.q is None
+    if theta == "mean":
+        torch.testing.assert_close(chosen.theta, rho.mean().reshape(1))
+    elif theta is None:
+        assert chosen.theta is None
+    else:
+        assert chosen.theta.tolist() == [pytest.approx(theta)]
+
+
+def test_photon_select_trained_draws_q_from_the_predictor_and_keeps_all_without_a_signal():
+    from photon.core.pruners import PhotonPruner
+
+    pruner = PhotonPruner(SelectionConfig(mode="trained"), hidden_size=8)
+    chosen = pruner.select(_context([0.0, 1.0, 2.0, 3.0]))
+    assert chosen.q.shape == (1, 7) and chosen.theta.shape == (1,) and 0 < chosen.theta.item() < 0.9
+    # theta ~ 0.006 at init: every visual token but the one at rho 0 has q above 0.5
+    assert chosen.keep[0].tolist() == [False, False, True, True, True, False, False]
+    for context, reason in ((_context([2.0] * 4), "flat saliency"), (_context([0.0, 1.0, 2.0, 3.0], False), "no instruction tokens")):
+        fallback = PhotonPruner(SelectionConfig(mode="zero_shot", keep_ratio=0.25), hidden_size=8).select(context)
+        assert fallback.keep[0].tolist() == [False, True, True, True, True, False, False] and fallback.fallback == [reason]
