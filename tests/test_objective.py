@@ -191,3 +191,9 @@ def test_robust_augmentations_follow_their_generator_and_keep_the_dtype(kind):
 def test_an_unknown_augmentation_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown augmentation 'blur'; expected one of " + ", ".join(AUGMENTATIONS)):
         robust_augment(torch.ones(2, 2), "blur", batch_generator(0, 0))
+
+
+def test_flip_loss_stays_finite_when_the_model_is_certain():
+    logits = torch.tensor([[[0.0, 200.0], [0.0, 200.0]]])  # p(answer) rounds to exactly 1 in float32
+    loss = losses.flip_loss(logits, torch.tensor([[-100, 1]]))
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(-math.log(1e-6), rel=1e-3)

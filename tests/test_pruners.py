@@ -405,3 +405,66 @@ def test_photon_select_trained_draws_q_from_the_predictor_and_keeps_all_without_
     for context, reason in ((_context([2.0] * 4), "flat saliency"), (_context([0.0, 1.0, 2.0, 3.0], False), "no instruction tokens")):
         fallback = PhotonPruner(SelectionConfig(mode="zero_shot", keep_ratio=0.25), hidden_size=8).select(context)
         assert fallback.keep[0].tolist() == [False, True, True, True, True, False, False] and fallback.fallback == [reason]
+
+
+def _batch_context(rows, vision=None):
+    """`_context` for several samples at once: row b's four visual keys are rows[b]."""
+    k = torch.tensor([[0.0, *keys, 1.0, 1.0] for keys in rows]).reshape(len(rows), 1, 7, 1)
+    q = torch.ones(len(rows), 1, 7, 1)
+    vision = torch.tensor(vision or [[False, True, True, True, True, False, False]] * len(rows))
+    asked = torch.tensor([[False] * 5 + [True] * 2] * len(rows))
+    return SelectionContext(hidden=torch.zeros(len(rows), 7, 8), vision_mask=vision, instruction_mask=asked,
+                            attention_mask=torch.ones(len(rows), 7, dtype=torch.bool), layer=1, num_layers=4,
+                            compute_query_key=lambda: (q, k))
+
+
+def test_photon_pruner_builds_its_predictor_from_the_config():
+    from photon.core.pruners import PhotonPruner
+
+    pruner = PhotonPruner(SelectionConfig(predictor_hidden_div=4, predictor_bias_init=0.25), hidden_size=8)
+    assert pruner.predictor.mlp[0].out_features == 2 and pruner.predictor.mlp[2].bias.item() == 0.25
+
+
+def test_photon_select_reads_every_numeric_setting_from_the_config():
+    from photon.core import its
+    from photon.core.pruners import PhotonPruner
+
+    keys = [0.0, 1.0, 2.0, 3.0]
+    chosen = PhotonPruner(SelectionConfig(mode="zero_shot", rho_eps=3.0), hidden_size=8).select(_context(keys))
+    torch.testing.assert_close(chosen.rho[0, 1:5], torch.tensor(keys) / 6)  # (u - 0) / (3 + rho_eps)
+    flat = PhotonPruner(SelectionConfig(mode="zero_shot", flat_saliency_eps=3.0), hidden_size=8).select(_context(keys))
+    assert flat.fallback == ["flat saliency"] and flat.keep[0, 1:5].all()
+    for settings in ({"mode": "zero_shot", "keep_ratio": 0.25, "min_keep": 2},
+                     {"mode": "zero_shot", "rule": "mean", "min_keep": 3}):
+        kept = PhotonPruner(SelectionConfig(**settings), hidden_size=8).select(_context(keys)).keep
+        assert kept.sum().item() == settings["min_keep"]
+    # Trained: theta from features computed with rho_eps, q at the configured tau, the floor applied.
+    config = SelectionConfig(mode="trained", rho_eps=3.0, tau=0.05, predictor_bias_init=5.0, min_keep=3)
+    pruner = PhotonPruner(config, hidden_size=8)
+    chosen = pruner.select(_context(keys))
+    with torch.no_grad():
+        theta = pruner.predictor(its.threshold_features(chosen.u, _context(keys).vision_mask, 3.0))
+    torch.testing.assert_close(chosen.theta, theta)
+    torch.testing.assert_close(chosen.q, its.retention(chosen.rho, theta, 0.05))
+    assert torch.nonzero(chosen.keep[0]).flatten().tolist() == [2, 3, 4]  # theta ~ 0.9 keeps none by q
+
+
+def test_photon_select_refuses_the_theta_rule_without_a_theta():
+    from photon.core.pruners import PhotonPruner
+
+    with pytest.raises(ValueError, match="needs a theta value"):
+        PhotonPruner(SelectionConfig(mode="zero_shot", rule="theta"), hidden_size=8).select(_context([0.0, 1.0, 2.0, 3.0]))
+
+
+def test_photon_select_treats_each_sample_of_a_batch_on_its_own():
+    from photon.core.pruners import PhotonPruner
+
+    vision = [[False, True, True, True, True, False, False], [False, True, True, False, False, False, False],
+              [False] * 7]
+    chosen = PhotonPruner(SelectionConfig(mode="zero_shot", rule="mean"), hidden_size=8).select(
+        _batch_context([[0.0, 1.0, 2.0, 3.0], [0.0, 4.0, 9.0, 9.0], [1.0, 2.0, 3.0, 4.0]], vision))
+    # theta: the mean rho over each sample's own visual tokens (0.5, 0.5 of two tokens, 0 without any)
+    torch.testing.assert_close(chosen.theta, torch.tensor([0.5, 0.5, 0.0]))
+    assert chosen.keep.tolist() == [[False, False, False, True, True, False, False],
+                                    [False, False, True, False, False, False, False], [False] * 7]
+    assert chosen.fallback == [None, None, None]  # a sample without visual tokens is no fallback

@@ -164,3 +164,24 @@ def test_sgp_gather_returns_each_gradient_that_is_asked_for(hidden_grad, q_grad)
     if q_grad:
         assert q.grad[0, 0] == 0 and q.grad[0, 1:].abs().sum() > 0
     assert (hidden.grad is None) != hidden_grad and (q.grad is None) != q_grad
+
+
+def test_keep_index_edge_cases():
+    with pytest.raises(ValueError) as err:
+        keep_index(torch.ones(1, 2, dtype=torch.bool), "middle")
+    assert str(err.value) == "pad_side must be 'right' or 'left', got 'middle'"
+    for side in ("right", "left"):  # an empty batch packs to zero columns
+        index, valid = keep_index(torch.zeros(0, 5, dtype=torch.bool), side)
+        assert index.shape == valid.shape == (0, 0)
+    # Left padding when one sample keeps nothing and the other one token: M = 1.
+    index, valid = keep_index(torch.tensor([[False, False, False], [False, False, True]]), "left")
+    assert valid.tolist() == [[False], [True]] and index[1].tolist() == [2]
+
+
+def test_sgp_gather_honours_left_padding():
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
+    keep = torch.tensor([[True, True, True], [False, True, False]])
+    vis = torch.ones(2, 3, dtype=torch.bool)
+    out = sgp_gather(hidden, keep, torch.full((2, 3), 0.5), vis, pad_side="left")
+    assert (out[1, :2] == 0).all()
+    torch.testing.assert_close(out[1, 2], hidden[1, 1])

@@ -201,7 +201,7 @@ def top_k_by_rho(rho: torch.Tensor, vision_mask: torch.Tensor, counts: torch.Ten
 
 
 def enforce_min_keep(keep: torch.Tensor, rho: torch.Tensor, vision_mask: torch.Tensor, min_keep: int = 1) -> torch.Tensor:
-    """Add the highest-rho visual tokens until each sample keeps at least min_keep (>= 1)."""
+    """A sample keeping fewer than min_keep (>= 1) visual tokens also keeps its min_keep highest-rho ones."""
     mask = vision_mask.bool()
     n_visual = mask.sum(1)
     floor = torch.clamp(n_visual, max=max(1, int(min_keep)))
