@@ -41,6 +41,22 @@ def test_linear_flops_are_twice_the_weights_a_token_meets(size):
     assert flops.vision_linear(dims.vision, 8) == 2 * 8 * per_patch + 2 * 2 * mergers
 
 
+@pytest.mark.parametrize("size", ["tiny", "3b", "qwen3-2b"])
+def test_decode_bytes_are_the_decoder_matrices_and_lm_head_plus_the_cache(size):
+    config, model = meta_model(size)
+    dims = flops.dims_of(config)
+    text = model.model.language_model
+    matrices = sum(weights(layer) for layer in text.layers) + model.lm_head.weight.numel()
+    assert flops.decoder_weight_elements(dims.text) == matrices
+    shape = flops.SampleShape(tokens=100, visual=80, instruction=5, kept=8, frames=())
+    per_token = 2 * dims.text.kv_heads * dims.text.head_dim * 2  # keys and values, bf16
+    # stock, 3 new tokens: the two decode steps read the cache at 100 and 101 tokens
+    stock = flops.decode_bytes(dims, [shape], None, True, 3, 2)
+    assert stock == matrices * 2 + dims.text.layers * per_token * 100.5
+    pruned = flops.decode_bytes(dims, [shape], 1, True, 3, 2)
+    assert pruned == matrices * 2 + dims.text.layers * per_token * 28.5
+
+
 def test_qwen3_vl_attends_over_whole_frames():
     config, _ = meta_model("qwen3-2b")
     dims = flops.dims_of(config)

@@ -124,6 +124,23 @@ def decode_step(dims: ModelDims, cache: list[int]) -> float:
     return sum(layer_linear(t, 1) + attention(t, c + 1) for c in cache) + 2 * t.hidden * t.vocab
 
 
+def decoder_weight_elements(t: TextDims) -> int:
+    """Elements of the matrices a decode step reads once for the whole batch: every decoder
+    layer's projections and MLP, and the LM head (the embedding lookup reads rows only)."""
+    per_layer = t.hidden * t.head_dim * 2 * (t.heads + t.kv_heads) + 3 * t.hidden * t.intermediate
+    return t.layers * per_layer + t.vocab * t.hidden
+
+
+def decode_bytes(dims: ModelDims, shapes: list[SampleShape], layer: int | None, evict_all: bool, new_tokens: int,
+                 element_bytes: int) -> float:
+    """Bytes one decode step reads, averaged over the steps as decode FLOPs are: the weights
+    once, and each sample's KV cache as it stands before the step. At batch sizes far below a
+    device's FLOPs per byte (every CPU and GPU at batch 1), decode time follows bytes, not FLOPs."""
+    weights = decoder_weight_elements(dims.text) * element_bytes
+    steps = range(max(new_tokens - 1, 1))
+    return weights + sum(kv_cache_bytes(dims, shapes, layer, evict_all, k, element_bytes) for k in steps) / len(steps)
+
+
 def cache_lengths(dims: ModelDims, tokens: int, kept_tokens: int, layer: int, evict_all: bool) -> list[int]:
     """Per layer, the prompt positions its KV cache holds after a pruned prefill."""
     early = kept_tokens if evict_all else tokens

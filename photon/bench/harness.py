@@ -206,6 +206,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
                 "kept_tokens": kept,
                 "times": {name: _summary(v) for name, v in samples[config.label].items()},
                 "flops": counted,
+                "decode_bytes": flops.decode_bytes(dims, shapes, chosen["layer"] if chosen else None,
+                                                   chosen["evict_all"] if chosen else True, options.new_tokens, kv_element),
                 "kv_cache": {
                     "after_prefill": kv[config.label]["kv_bytes_after_prefill"],
                     "final": kv[config.label]["kv_bytes_final"],
@@ -281,6 +283,7 @@ def _add_ratios(results: list[dict], statistic: str) -> None:
             ratios[f"kv_bytes_{phase}"] = _ratio(r["kv_cache"][phase], stock["kv_cache"][phase])
             ideal[f"kv_bytes_{phase}"] = _ratio(r["kv_cache"][f"ideal_{phase}"], stock["kv_cache"][f"ideal_{phase}"])
         ideal["kept_tokens"] = r["keep_ratio"] if r["pruner"] else 1.0
+        ideal["decode_bytes"] = _ratio(r["decode_bytes"], stock["decode_bytes"])
         if "memory" in r and "memory" in stock:
             for phase in ("generate", "train"):
                 mine, theirs = r["memory"][phase], stock["memory"][phase]
