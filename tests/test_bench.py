@@ -231,3 +231,21 @@ def test_bench_attaches_each_pruner_at_the_layer_it_is_given():
             assert model._photon.layer == expected  # None: the pruner's default, floor(8 / 4) - 1
         finally:
             photon.detach(model)
+
+
+def test_generate_by_phase_weighs_each_phase_by_stocks_time_at_its_own_ideal():
+    from photon.bench.harness import _add_ratios
+
+    def result(times, flop, decode_bytes):
+        return {"times": {name: {"min": t} for name, t in times.items()},
+                "flops": {"vision": flop[0], "prefill": flop[1], "decode": flop[2], "generate": sum(flop), "train": 1.0},
+                "kept_tokens": [1], "visual_tokens": [1], "keep_ratio": None, "pruner": None, "decode_bytes": decode_bytes,
+                "kv_cache": {"after_prefill": 1, "final": 1, "ideal_after_prefill": 1, "ideal_final": 1}}
+
+    stock_times = {"vision_s": 1.0, "prefill_s": 6.0, "decode_s_per_token": 0.5, "generate_s": 10.0, "train_step_s": 1.0}
+    stock = result(stock_times, (10.0, 100.0, 1.0), 1000.0)
+    pruned = result(stock_times, (10.0, 25.0, 0.5), 900.0)
+    _add_ratios([stock, pruned], "min")
+    # vision 1 s at 1.0, prefill 6 s at 0.25, the other 3 s (decoding) at the bytes ratio 0.9
+    assert pruned["ideal_ratios"]["generate_by_phase"] == pytest.approx((1.0 + 1.5 + 2.7) / 10.0)
+    assert stock["ideal_ratios"]["generate_by_phase"] == pytest.approx(1.0)

@@ -272,6 +272,20 @@ def _ratio(a, b):
     return a / b
 
 
+def _generate_by_phase(stock_times: dict, statistic: str, ideal: dict) -> float | None:
+    """generate()'s ideal when each of its phases reaches its own: stock's measured vision,
+    prefill and decoding times, scaled by the FLOPs ideal of the first two and the bytes ideal of
+    decoding (memory-bound), over stock's generate time. The FLOPs ideal alone weighs the decode
+    steps by their FLOPs, a fraction of their share of the time."""
+    times = {name: stock_times[name][statistic] for name in ("vision_s", "prefill_s", "generate_s")}
+    parts = (ideal["vision_s"], ideal["prefill_s"], ideal["decode_bytes"])
+    if any(v is None or v != v for v in (*times.values(), *parts)) or not times["generate_s"]:
+        return None
+    decoding = max(times["generate_s"] - times["vision_s"] - times["prefill_s"], 0.0)
+    scaled = times["vision_s"] * parts[0] + times["prefill_s"] * parts[1] + decoding * parts[2]
+    return scaled / times["generate_s"]
+
+
 def _add_ratios(results: list[dict], statistic: str) -> None:
     """Each figure over the stock model's, next to the same ratio of FLOPs (the ideal)."""
     stock = results[0]
@@ -284,6 +298,7 @@ def _add_ratios(results: list[dict], statistic: str) -> None:
             ideal[f"kv_bytes_{phase}"] = _ratio(r["kv_cache"][f"ideal_{phase}"], stock["kv_cache"][f"ideal_{phase}"])
         ideal["kept_tokens"] = r["keep_ratio"] if r["pruner"] else 1.0
         ideal["decode_bytes"] = _ratio(r["decode_bytes"], stock["decode_bytes"])
+        ideal["generate_by_phase"] = _generate_by_phase(stock["times"], statistic, ideal)
         if "memory" in r and "memory" in stock:
             for phase in ("generate", "train"):
                 mine, theirs = r["memory"][phase], stock["memory"][phase]

@@ -60,13 +60,14 @@ def render(result: dict) -> str:
             f"stock memory ({m['method']}): generate peak {_mib(m['generate']['peak'])} (base {_mib(m['generate']['base'])}), "
             f"train peak {_mib(m['train']['peak'])} (base {_mib(m['train']['base'])})"
         )
-    lines += ["", "ratio to stock, measured (ideal from FLOPs; decode: FLOPs | bytes read per step, its bound at small batch):"]
+    lines += ["", "ratio to stock, measured (ideal from FLOPs; decode: FLOPs | bytes read; generate: FLOPs | each phase at its own ideal):"]
     header = ["config", "layer", "kept"] + [name for name, _ in TIME_COLUMNS]
     rows = []
     for c in configs[1:]:
         r, i = c["ratios"], c["ideal_ratios"]
         row = [c["label"], str(c["layer"]), f"{_num(r['kept_tokens'], 3)} ({_num(i['kept_tokens'])})"]
-        row += [f"{_num(r[key])} ({_num(i[key])}{' | ' + _num(i['decode_bytes']) if key == 'decode_s_per_token' else ''})"
+        second = {"decode_s_per_token": "decode_bytes", "generate_s": "generate_by_phase"}
+        row += [f"{_num(r[key])} ({_num(i[key])}{' | ' + _num(i[second[key]]) if key in second else ''})"
                 for _, key in TIME_COLUMNS]
         rows.append(row)
     lines += _grid(header, rows)
