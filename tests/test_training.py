@@ -352,3 +352,20 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_the_same_weights(tm
         b = load_file(str(Path(checkpointed.run.output_dir) / final / name))
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_model_freeze_keeps_the_named_parameters_and_refuses_a_pattern_that_matches_none(tmp_path):
+    records = write_records(tmp_path, n=2)
+    # The tiny backbone ties its LM head to the token embedding: one name freezes both.
+    cfg = config(tmp_path, records, "run.max_steps=2", "optim.lr=1e-2", 'model.freeze=["lm_head.weight", "*.layers.0.mlp.*"]')
+    run = trainer.build_run(cfg)
+    frozen = {n for n, p in run.model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    assert "model.language_model.embed_tokens.weight" in frozen and "model.language_model.layers.0.mlp.up_proj.weight" in frozen
+    assert not any(n.startswith("model.language_model.layers.1.") for n in frozen)
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    after = dict(train(cfg).model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert "model.language_model.embed_tokens.weight" not in changed and "model.language_model.layers.0.mlp.up_proj.weight" not in changed
+    assert "model.language_model.layers.1.mlp.up_proj.weight" in changed
+    with pytest.raises(PhotonError, match=r"model.freeze: 'lm_heads\.\*' matches no parameter"):
+        trainer.build_run(config(tmp_path / "b", records, 'model.freeze=["lm_heads.*"]'))

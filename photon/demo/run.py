@@ -46,7 +46,7 @@ def normalise(answer: str) -> str:
 
 
 def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str], *, steps: int | None = None,
-                 lr: float | None = None):
+                 lr: float | None = None, freeze: list[str] = ()):
     from photon.training.trainer import load_train_config
 
     steps = cfg.steps if steps is None else steps
@@ -67,6 +67,7 @@ def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str], *,
         f"optim.vit_lr={lr}",  # the tiny backbone's vision tower is random too
         f"optim.warmup_ratio={cfg.warmup_ratio}",
         "photon.schedule.scale_with_run=true",
+        *([f"model.freeze={json.dumps(list(freeze))}"] if freeze else []),
         *extra,
     ])
 
@@ -500,13 +501,14 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     start = [f"model.checkpoint={grounded}"]
 
     say(f"[3/6] finetuning the grounded backbone without pruning ({cfg.steps} steps of {cfg.batch_size})")
-    run, seconds, peak = train_once(cfg, out / "runs" / "unpruned", finetune_records, NO_PRUNING + start)
+    run, seconds, peak = train_once(cfg, out / "runs" / "unpruned", finetune_records, NO_PRUNING + start, freeze=cfg.freeze)
     runs["unpruned"] = {"training": training_facts(read_log(run.log_path), seconds, peak)}
     base = release(run)
     del run
 
     say(f"[4/6] finetuning the grounded backbone with Photon phase 2 (stages full / soft / hard / flip scaled to {cfg.steps} steps)")
-    run, seconds, peak = train_once(cfg, out / "runs" / "photon", finetune_records, start + [f"photon.{o}" for o in cfg.photon])
+    run, seconds, peak = train_once(cfg, out / "runs" / "photon", finetune_records, start + [f"photon.{o}" for o in cfg.photon],
+                                    freeze=cfg.freeze)
     log = read_log(run.log_path)
     pruned_steps = {r["step"] for r in log if r["stage"] in PRUNED_STAGES}
     runs["photon"] = {"training": training_facts(log, seconds, peak)}

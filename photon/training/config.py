@@ -20,6 +20,9 @@ class ModelConfig:
     volume_embedding: str | None = None  # install the Photon 3D patch embedding: inflate | random; null: keep the backbone's
     attn_implementation: str | None = None  # null: sdpa (flash_attention_2 with the flash extra on GPU)
     gradient_checkpointing: bool = False
+    # Parameter names (fnmatch patterns) that stay frozen, e.g. ["lm_head.*", "*.embed_tokens.*"]:
+    # the vocabulary matrices are most of a small model's parameters and of its optimizer's work.
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -8,6 +8,7 @@ checkpoint, as are the data position, the optimiser, the LR scheduler and every 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import resource
@@ -173,6 +174,19 @@ def _load_backbone(cfg: TrainConfig, device: torch.device):
     return loaded
 
 
+def freeze(model, patterns: list[str]) -> None:
+    """Stop the gradient of every parameter whose name matches one of the fnmatch patterns; a
+    pattern that matches nothing is an error (a typo would otherwise train what it meant to freeze).
+    Tied weights answer to each of their names."""
+    names = list(model.named_parameters(remove_duplicate=False))
+    for pattern in patterns:
+        matched = [p for n, p in names if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise PhotonError(f"model.freeze: {pattern!r} matches no parameter; names look like {names[0][0]!r}, {names[-1][0]!r}")
+        for p in matched:
+            p.requires_grad_(False)
+
+
 def _prepare_model(run: Run) -> None:
     """Phase 1: 3D embedding only, no pruning. Phase 2: everything, Photon attached in trained mode."""
     import photon
@@ -207,6 +221,7 @@ def _prepare_model(run: Run) -> None:
             p.requires_grad_(True)
     else:
         raise PhotonError(f"run.phase must be 1 or 2, got {cfg.run.phase}")
+    freeze(model, cfg.model.freeze)
     if cfg.model.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
