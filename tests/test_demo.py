@@ -313,7 +313,8 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     assert {row["stage"] for row in unpruned_log} == {"full"}
     # The larger-model timing: stock and Photon at Photon's keep ratio and layer.
     scaled = result["efficiency"]
-    assert scaled["visual_tokens"] == 64 and scaled["layer"] == 2
+    photon_layer = next(int(o.split("=")[1]) for o in result["settings"]["photon"] if o.startswith("selection.layer="))
+    assert scaled["visual_tokens"] == 64 and scaled["layer"] == photon_layer == 4
     assert scaled["keep_ratio"] == pytest.approx(runs["photon"]["keep_ratio"], abs=1e-3)
     assert 0 < scaled["ratios"]["prefill_s"] and scaled["ms"]["unpruned"]["prefill_s"] > 0
     assert [t["held"] in (True, False, None) for t in result["targets"]] == [True] * 10
