@@ -188,7 +188,8 @@ def freeze(model, patterns: list[str]) -> None:
 
 
 def _prepare_model(run: Run) -> None:
-    """Phase 1: 3D embedding only, no pruning. Phase 2: everything, Photon attached in trained mode."""
+    """Phase 1: 3D embedding only, no pruning. Phase 2: everything, Photon attached in trained mode.
+    Either way, parameters matching model.freeze stay frozen."""
     import photon
     from photon.core.api import spec_for_model
 
