@@ -362,13 +362,7 @@ def _context(keys, instruction=True):
     """One sample: a text token, four visual tokens whose keys are `keys`, two question tokens
     (keys 1) attending to each other. Every query is 1 and the head width 1, so ITS's weighted
     question query is 1 and u_j is the visual token's key: rho is the keys rescaled to [0, 1]."""
-    k = torch.tensor([0.0, *keys, 1.0, 1.0]).reshape(1, 1, 7, 1)
-    q = torch.ones(1, 1, 7, 1)
-    vision = torch.tensor([[False, True, True, True, True, False, False]])
-    asked = torch.tensor([[False] * 5 + [instruction] * 2])
-    return SelectionContext(hidden=torch.zeros(1, 7, 8), vision_mask=vision, instruction_mask=asked,
-                            attention_mask=torch.ones(1, 7, dtype=torch.bool), layer=1, num_layers=4,
-                            compute_query_key=lambda: (q, k))
+    return _batch_context([keys], instruction=instruction)
 
 
 @pytest.mark.parametrize("settings, kept, theta", [
@@ -407,12 +401,12 @@ def test_photon_select_trained_draws_q_from_the_predictor_and_keeps_all_without_
         assert fallback.keep[0].tolist() == [False, True, True, True, True, False, False] and fallback.fallback == [reason]
 
 
-def _batch_context(rows, vision=None):
+def _batch_context(rows, vision=None, instruction=True):
     """`_context` for several samples at once: row b's four visual keys are rows[b]."""
     k = torch.tensor([[0.0, *keys, 1.0, 1.0] for keys in rows]).reshape(len(rows), 1, 7, 1)
     q = torch.ones(len(rows), 1, 7, 1)
     vision = torch.tensor(vision or [[False, True, True, True, True, False, False]] * len(rows))
-    asked = torch.tensor([[False] * 5 + [True] * 2] * len(rows))
+    asked = torch.tensor([[False] * 5 + [instruction] * 2] * len(rows))
     return SelectionContext(hidden=torch.zeros(len(rows), 7, 8), vision_mask=vision, instruction_mask=asked,
                             attention_mask=torch.ones(len(rows), 7, dtype=torch.bool), layer=1, num_layers=4,
                             compute_query_key=lambda: (q, k))

@@ -10,6 +10,8 @@ TIME_COLUMNS = (
     ("generate", "generate_s"),
     ("train step", "train_step_s"),
 )
+# Phases whose time does not follow FLOPs show a second ideal beside the FLOPs one.
+SECOND_IDEAL = {"decode_s_per_token": "decode_bytes", "generate_s": "generate_by_phase"}
 MEMORY_COLUMNS = (
     ("gen peak", "generate_peak_memory"),
     ("gen above base", "generate_memory_above_base"),
@@ -66,8 +68,7 @@ def render(result: dict) -> str:
     for c in configs[1:]:
         r, i = c["ratios"], c["ideal_ratios"]
         row = [c["label"], str(c["layer"]), f"{_num(r['kept_tokens'], 3)} ({_num(i['kept_tokens'])})"]
-        second = {"decode_s_per_token": "decode_bytes", "generate_s": "generate_by_phase"}
-        row += [f"{_num(r[key])} ({_num(i[key])}{' | ' + _num(i[second[key]]) if key in second else ''})"
+        row += [f"{_num(r[key])} ({_num(i[key])}{' | ' + _num(i[SECOND_IDEAL[key]]) if key in SECOND_IDEAL else ''})"
                 for _, key in TIME_COLUMNS]
         rows.append(row)
     lines += _grid(header, rows)
