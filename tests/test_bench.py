@@ -211,6 +211,8 @@ def test_kv_cache_bytes_follow_the_kept_tokens(cache):
     per_token = 2 * dims.text.kv_heads * dims.text.head_dim * 4
     assert stock["kv_bytes_after_prefill"] == 2 * tokens * dims.text.layers * per_token
     assert stock["kv_bytes_final"] == 2 * (tokens + 2) * dims.text.layers * per_token
+    for timed in (stock, pruned):  # the LM head's read is part of the prefill, timed inside it
+        assert 0 < timed["prefill_head_s"] < timed["prefill_s"]
     for key, new in (("kv_bytes_after_prefill", 0), ("kv_bytes_final", 2)):
         ideal = flops.kv_cache_bytes(dims, shapes, 1, cache == "evict_all", new, 4)
         assert pruned[key] == ideal
@@ -233,19 +235,40 @@ def test_bench_attaches_each_pruner_at_the_layer_it_is_given():
             photon.detach(model)
 
 
+def _phase_result(times, flop, decode_bytes, head_flops=2.0):
+    return {"times": {name: {"min": t} for name, t in times.items()},
+            "flops": {"vision": flop[0], "prefill": flop[1], "prefill_head": head_flops, "decode": flop[2],
+                      "generate": sum(flop), "train": 1.0},
+            "kept_tokens": [1], "visual_tokens": [1], "keep_ratio": None, "pruner": None, "decode_bytes": decode_bytes,
+            "kv_cache": {"after_prefill": 1, "final": 1, "ideal_after_prefill": 1, "ideal_final": 1}}
+
+
+STOCK_TIMES = {"vision_s": 1.0, "prefill_s": 6.0, "prefill_head_s": 2.0, "decode_s_per_token": 0.5, "generate_s": 10.0,
+               "train_step_s": 1.0}
+
+
+def test_prefill_by_part_keeps_the_lm_heads_measured_time_and_scales_the_rest_by_its_flops():
+    from photon.bench.harness import _add_ratios
+
+    stock = _phase_result(STOCK_TIMES, (10.0, 102.0, 1.0), 1000.0)
+    pruned = _phase_result(STOCK_TIMES, (10.0, 27.0, 0.5), 900.0)  # the rest: 25 of 100 FLOPs
+    _add_ratios([stock, pruned], "min")
+    # the head's 2 s at 1.0, the other 4 s at 0.25, over stock's 6 s
+    assert pruned["ideal_ratios"]["prefill_by_part"] == pytest.approx((2.0 + 1.0) / 6.0)
+    assert pruned["ideal_ratios"]["prefill_s"] == pytest.approx(27.0 / 102.0)
+    assert stock["ideal_ratios"]["prefill_by_part"] == pytest.approx(1.0)
+    no_head = {**STOCK_TIMES, "prefill_head_s": float("nan")}
+    stock, pruned = _phase_result(no_head, (10.0, 102.0, 1.0), 1000.0), _phase_result(no_head, (10.0, 27.0, 0.5), 900.0)
+    _add_ratios([stock, pruned], "min")
+    assert pruned["ideal_ratios"]["prefill_by_part"] is None and pruned["ideal_ratios"]["generate_by_phase"] is None
+
+
 def test_generate_by_phase_weighs_each_phase_by_stocks_time_at_its_own_ideal():
     from photon.bench.harness import _add_ratios
 
-    def result(times, flop, decode_bytes):
-        return {"times": {name: {"min": t} for name, t in times.items()},
-                "flops": {"vision": flop[0], "prefill": flop[1], "decode": flop[2], "generate": sum(flop), "train": 1.0},
-                "kept_tokens": [1], "visual_tokens": [1], "keep_ratio": None, "pruner": None, "decode_bytes": decode_bytes,
-                "kv_cache": {"after_prefill": 1, "final": 1, "ideal_after_prefill": 1, "ideal_final": 1}}
-
-    stock_times = {"vision_s": 1.0, "prefill_s": 6.0, "decode_s_per_token": 0.5, "generate_s": 10.0, "train_step_s": 1.0}
-    stock = result(stock_times, (10.0, 100.0, 1.0), 1000.0)
-    pruned = result(stock_times, (10.0, 25.0, 0.5), 900.0)
+    stock = _phase_result(STOCK_TIMES, (10.0, 102.0, 1.0), 1000.0)
+    pruned = _phase_result(STOCK_TIMES, (10.0, 27.0, 0.5), 900.0)
     _add_ratios([stock, pruned], "min")
-    # vision 1 s at 1.0, prefill 6 s at 0.25, the other 3 s (decoding) at the bytes ratio 0.9
-    assert pruned["ideal_ratios"]["generate_by_phase"] == pytest.approx((1.0 + 1.5 + 2.7) / 10.0)
+    # vision 1 s at 1.0, prefill 6 s at its by-part 0.5, the other 3 s (decoding) at the bytes ratio 0.9
+    assert pruned["ideal_ratios"]["generate_by_phase"] == pytest.approx((1.0 + 3.0 + 2.7) / 10.0)
     assert stock["ideal_ratios"]["generate_by_phase"] == pytest.approx(1.0)

@@ -72,7 +72,8 @@ def cache_bytes(cache) -> int:
 
 def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens: int) -> dict[str, float]:
     """One generate() split into phases (seconds), and the KV cache's bytes after the prefill
-    and after the last decode step (read from the cache tensors, outside the timed calls' work)."""
+    and after the last decode step (read from the cache tensors, outside the timed calls' work).
+    prefill_head_s: the LM head's share of the prefill (its first call), work that no pruning changes."""
     device = next(model.parameters()).device
     kv = {}
 
@@ -82,7 +83,8 @@ def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens
 
     handle = model.register_forward_hook(after_call, with_kwargs=True)
     try:
-        with timing(vision_tower, device) as vision, timing(model, device) as calls:
+        with (timing(vision_tower, device) as vision, timing(model, device) as calls,
+              timing(model.get_output_embeddings(), device) as head):
             synchronize(device)
             start = time.perf_counter()
             with torch.no_grad():
@@ -95,6 +97,7 @@ def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens
     return {
         "vision_s": sum(vision.durations),
         "prefill_s": calls.durations[0],
+        "prefill_head_s": head.durations[0],
         "decode_s_per_token": fmean(calls.durations[1:]) if len(calls.durations) > 1 else float("nan"),
         "generate_s": total,
         **kv,

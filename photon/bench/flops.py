@@ -115,13 +115,18 @@ def prefill(dims: ModelDims, tokens: int, kept_tokens: int, layer: int, logits: 
     for i in range(t.layers):
         n = tokens if i <= layer else kept_tokens
         total += layer_linear(t, n) + attention(t, n * (n + 1) / 2)
-    return total + 2 * t.hidden * t.vocab * logits
+    return total + lm_head(t, logits)
+
+
+def lm_head(t: TextDims, positions: int) -> float:
+    """The LM head's logits at `positions` positions."""
+    return 2 * t.hidden * t.vocab * positions
 
 
 def decode_step(dims: ModelDims, cache: list[int]) -> float:
     """One generated token: every layer's projections and attention over its cache (plus itself)."""
     t = dims.text
-    return sum(layer_linear(t, 1) + attention(t, c + 1) for c in cache) + 2 * t.hidden * t.vocab
+    return sum(layer_linear(t, 1) + attention(t, c + 1) for c in cache) + lm_head(t, 1)
 
 
 def decoder_weight_elements(t: TextDims) -> int:
@@ -195,14 +200,16 @@ def configuration_flops(
 ) -> dict[str, float | None]:
     """FLOPs of a batch under one configuration (layer None: the stock model).
 
-    prefill includes the selection, as the measured prefill does; decode is per generated token.
+    prefill includes the selection, as the measured prefill does, and the LM head's logits at each
+    sample's last position (prefill_head, the same in every configuration); decode is per
+    generated token.
 
     generate = vision + prefill + selection + (new_tokens - 1) decode steps (the prefill
     yields the first token); train = 3 x (vision + prefill with logits at the `train_logits`
     trailing positions of the answer window, every kept position when None) + selection, the
     usual forward + backward estimate.
     """
-    totals = dict(vision=0.0, prefill=0.0, selection=0.0, decode=0.0, generate=0.0, train=0.0)
+    totals = dict(vision=0.0, prefill=0.0, prefill_head=0.0, selection=0.0, decode=0.0, generate=0.0, train=0.0)
     counts_selection = pruner is not None and hasattr(pruner, "selection_flops")
     for s in shapes:
         kept_tokens = s.tokens - s.visual + s.kept
@@ -214,6 +221,7 @@ def configuration_flops(
         steps = [decode_step(dims, [c + k for c in cache]) for k in range(new_tokens - 1)]
         totals["vision"] += vis
         totals["prefill"] += pre + sel
+        totals["prefill_head"] += lm_head(dims.text, 1)
         totals["selection"] += sel
         totals["decode"] += sum(steps) / len(steps) if steps else 0.0
         totals["generate"] += vis + pre + sel + sum(steps)
