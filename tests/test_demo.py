@@ -135,6 +135,31 @@ def test_each_grounding_description_matches_its_phantom(tmp_path):
     assert checked >= 16  # several volumes held lesions
 
 
+def test_region_questions_ask_grounding_s_question_of_each_test_volume(tmp_path):
+    """Each held-out volume, asked about each quadrant as grounding asks; the answer is "lesion"
+    exactly where the volume holds one, which the CT loader shows as its brightest voxels."""
+    test = phantoms.write_split(tmp_path, "test", 12, seed=2, shape=SHAPE)
+    path = phantoms.write_region_questions(test)
+    assert path == tmp_path / "test-regions.jsonl"
+    cases = [json.loads(line) for line in test.read_text().splitlines()]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 4 * len(cases) and len({r["id"] for r in rows}) == len(rows)
+    blocks = quadrant_blocks()
+    for case, asked in zip(cases, (rows[i:i + 4] for i in range(0, len(rows), 4))):
+        held = {lesion["quadrant"] for lesion in case["meta"]["lesions"]}
+        frames = load_ct(tmp_path / case["videos"][0], size=list(SHAPE), preprocess=False).frames[:, 0]
+        for record, quadrant in zip(asked, phantoms.QUADRANTS):
+            assert record["videos"] == case["videos"] and record["meta"]["region"] == quadrant
+            assert record["meta"]["kind"] == "describe" and record["meta"]["lesions"] == case["meta"]["lesions"]
+            assert record["messages"][0]["content"] == f"<video>Describe the {quadrant} quadrant."
+            answer = record["messages"][1]["content"]
+            assert answer == ("lesion" if quadrant in held else "clear")
+            rows_, cols = blocks[quadrant]
+            if answer == "lesion":
+                assert frames[:, rows_, cols].max() > frames.max() - 0.03, (record["id"])
+    assert {r["messages"][1]["content"] for r in rows} == {"lesion", "clear"}
+
+
 def test_each_quadrant_has_its_own_anatomy_darker_than_a_lesion():
     """Regions tell apart by content: one structure per quadrant, each inside it, each its own
     intensity, all below an enhancing lesion so they do not pass for one."""
@@ -329,6 +354,10 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     again = subprocess.run(command[:6] + [str(tmp_path / "again")] + command[7:], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["grounding"]["cached"] is True and "reused the grounded backbone" in again.stderr
+    # The grounded backbone was asked about each quadrant of the 6 test volumes, each run.
+    check = grounding["check"]
+    assert check["cases"] == 24 and 0 <= check["region_accuracy"] <= 1 and 0.5 <= check["region_prior"] <= 1
+    assert len(Path(check["predictions"]).read_text().splitlines()) == 24
 
 
 def test_overlays_frame_the_questions_region():
@@ -369,3 +398,20 @@ def test_the_report_states_what_the_numbers_say(coverage, verdict):
     assert any("0.50x the unpruned FLOPs" in line for line in lines)
     rows = table(result).splitlines()
     assert len(rows) == 4 and rows[2].startswith("| unpruned") and "64/128" in rows[3]
+
+
+@pytest.mark.parametrize("accuracy, verdict", [(0.85, "grounding taught it the regions"),
+                                               (0.66, "the answers' wording, not where lesions are")])
+def test_the_report_says_whether_grounding_taught_the_regions(accuracy, verdict):
+    from photon.demo.report import findings
+
+    result = {
+        "answer_prior_accuracy": 0.36,
+        "runs": {"unpruned": _run(0.7, 128, timing={}), "photon": _run(0.68, 64, 0.6, 0.5, timing={})},
+        "grounding": {"cached": True, "folder": "runs/demo-grounding/k", "check": {
+            "cases": 256, "region_accuracy": accuracy, "region_prior": 0.64, "predictions": "p.jsonl"}},
+        "seconds": 1.0,
+    }
+    line = next(line for line in findings(result) if "the grounded backbone" in line)
+    assert "the 64 test volumes" in line and f"accuracy {accuracy:.2f}" in line and "commoner answer 0.64" in line
+    assert line.endswith(verdict)

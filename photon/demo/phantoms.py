@@ -244,6 +244,36 @@ def describe(case: Case, region: str | None = None) -> str:
     return " ".join(f"{q}: {'lesion' if q in held else 'clear'}." for q in QUADRANTS)
 
 
+def write_region_questions(records: str | Path) -> Path:
+    """Each volume of a question set asked about each quadrant the way grounding asks
+    ("Describe the left anterior quadrant." -> "lesion" / "clear"): RECORDS-regions.jsonl beside
+    it, the same volumes. What the grounded backbone answers here shows whether grounding
+    taught it the regions, on volumes it never saw."""
+    records = Path(records)
+    lines = []
+    for line in records.read_text().splitlines():
+        record = json.loads(line)
+        meta = record["meta"]
+        lesions = tuple(Lesion(l["quadrant"], tuple(l["center"]), l["radius_mm"]) for l in meta["lesions"])
+        case = Case(record["id"], "describe", DESCRIBE_ONE, "", None, lesions, tuple(meta["shape"]))
+        lines += [json.dumps(description_record(case, record["videos"], region)) + "\n" for region in QUADRANTS]
+    path = records.with_name(f"{records.stem}-regions.jsonl")
+    path.write_text("".join(lines))
+    return path
+
+
+def description_record(case: Case, videos: list[str], region: str | None) -> dict:
+    """The record asking for a case's description, of every quadrant (region None) or one."""
+    question = DESCRIBE_ALL if region is None else DESCRIBE_ONE.format(region=region)
+    return {
+        "id": f"{case.id}/{region or 'all'}".replace(" ", "-"),
+        "messages": [{"role": "user", "content": "<video>" + question},
+                     {"role": "assistant", "content": describe(case, region)}],
+        "videos": list(videos),
+        "meta": {**case.meta(), "kind": "describe", "region": region},
+    }
+
+
 def write_grounding(folder: str | Path, n: int, seed: int, shape) -> Path:
     """n volumes of the same kind as the question set (their own seed stream), each described as
     a whole and region by region (five records per volume): ground.jsonl. Deterministic."""
@@ -260,16 +290,7 @@ def write_grounding(folder: str | Path, n: int, seed: int, shape) -> Path:
                     tuple(_place(q, rng, shape) for q in quadrants), tuple(shape))
         relative = f"volumes/{case.id}.nii.gz"
         nib.save(to_nifti(render(case, rng), case.spacing), str(folder / relative))
-        for region in (None, *QUADRANTS):
-            question = DESCRIBE_ALL if region is None else DESCRIBE_ONE.format(region=region)
-            record = {
-                "id": f"{case.id}/{region or 'all'}".replace(" ", "-"),
-                "messages": [{"role": "user", "content": "<video>" + question},
-                             {"role": "assistant", "content": describe(case, region)}],
-                "videos": [relative],
-                "meta": {**case.meta(), "kind": "describe", "region": region},
-            }
-            lines.append(json.dumps(record) + "\n")
+        lines += [json.dumps(description_record(case, [relative], region)) + "\n" for region in (None, *QUADRANTS)]
     path = folder / "ground.jsonl"
     path.write_text("".join(lines))
     return path

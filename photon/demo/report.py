@@ -152,6 +152,15 @@ def findings(result: dict) -> list[str]:
         f"a training step's memory (peak above what it started from): "
         f"{_ratio(timing_p.get('train_step_memory_mb'), timing_b.get('train_step_memory_mb'))} the unpruned model's")
     grounding = result.get("grounding")
+    check = (grounding or {}).get("check")
+    if check:
+        learned = check["region_accuracy"] - check["region_prior"]
+        verdict = ("grounding taught it the regions" if learned > NOISE else
+                   "grounding taught it the answers' wording, not where lesions are")
+        lines.append(
+            f"the grounded backbone, asked about each quadrant of the {check['cases'] // 4} test volumes as grounding asks "
+            f"(\"Describe the left anterior quadrant.\" -> lesion / clear): accuracy {check['region_accuracy']:.2f}, "
+            f"always the commoner answer {check['region_prior']:.2f}: {verdict}")
     if grounding:
         how = "reused from" if grounding["cached"] else "trained into"
         lines.append(f"grounded backbone {how} {grounding['folder']}; the demo took {result['seconds']:.0f} s")

@@ -149,6 +149,21 @@ def ground(cfg: DemoConfig, records: Path) -> tuple[Path, dict, bool]:
     return folder, json.loads(done.read_text()), False  # as a cached run returns them
 
 
+def check_grounding(cfg: DemoConfig, grounded: Path, region_records: Path) -> dict:
+    """The grounded backbone asked about each quadrant of the held-out volumes, as grounding asks:
+    its greedy accuracy next to always giving the commoner answer. Grounding that taught the
+    regions scores above that prior; one that taught only the answer template scores at it."""
+    from photon.wrapping import open_model
+
+    loaded = open_model(checkpoint_dir=str(grounded)).loaded
+    scored = evaluate(loaded, region_records, cfg, "grounded", prune=False)
+    answers = Counter(json.loads(line)["messages"][-1]["content"] for line in region_records.read_text().splitlines())
+    del loaded
+    gc.collect()
+    return {"cases": scored["cases"], "region_accuracy": scored["accuracy"],
+            "region_prior": max(answers.values()) / sum(answers.values()), "predictions": scored["predictions"]}
+
+
 def mix_replay(questions: Path, grounding: Path, share: float, seed: int) -> Path:
     """The finetuning set: every question record plus grounding descriptions making up `share` of
     the whole, so finetuning on questions does not wash out what grounding taught."""
@@ -498,6 +513,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     grounded, grounding, cached = ground(cfg, ground_records)
     if cached:
         say(f"      reused the grounded backbone in {grounded} (same settings; delete the folder to train it again)")
+    grounding["check"] = check_grounding(cfg, grounded, phantoms.write_region_questions(test_records))
     start = [f"model.checkpoint={grounded}"]
 
     say(f"[3/6] finetuning the grounded backbone without pruning ({cfg.steps} steps of {cfg.batch_size})")
