@@ -21,10 +21,12 @@ def synchronize(device: torch.device) -> None:
 
 
 class CallTimes:
-    """Seconds spent in each call of a module, while installed."""
+    """Seconds spent in each call of a module, while installed (the first `limit` calls only,
+    when given: the hooks then come off, so later calls run without their device syncs)."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
+    def __init__(self, module: torch.nn.Module, device: torch.device, limit: int | None = None):
         self.device = device
+        self.limit = limit
         self.durations: list[float] = []
         self._start: list[float] = []
         self._handles = [
@@ -39,6 +41,8 @@ class CallTimes:
     def _end(self, module, args, output):
         synchronize(self.device)
         self.durations.append(time.perf_counter() - self._start.pop())
+        if self.limit is not None and len(self.durations) >= self.limit:
+            self.remove()
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -46,8 +50,8 @@ class CallTimes:
 
 
 @contextmanager
-def timing(module: torch.nn.Module, device: torch.device):
-    times = CallTimes(module, device)
+def timing(module: torch.nn.Module, device: torch.device, limit: int | None = None):
+    times = CallTimes(module, device, limit)
     try:
         yield times
     finally:
@@ -84,7 +88,7 @@ def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens
     handle = model.register_forward_hook(after_call, with_kwargs=True)
     try:
         with (timing(vision_tower, device) as vision, timing(model, device) as calls,
-              timing(model.get_output_embeddings(), device) as head):
+              timing(model.get_output_embeddings(), device, limit=1) as head):  # the prefill's call only
             synchronize(device)
             start = time.perf_counter()
             with torch.no_grad():

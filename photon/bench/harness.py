@@ -266,8 +266,12 @@ def _measure_memory(model, configs, results, options, prompt, train, device, ste
             by_label[config.label]["memory"] = memory.probe_in_subprocess(spec, cpu(prompt), cpu(train), workdir)
 
 
+def _missing(*values) -> bool:
+    return any(v is None or v != v for v in values)  # None or NaN
+
+
 def _ratio(a, b):
-    if a is None or b is None or not b or a != a or b != b:  # None, zero or NaN
+    if _missing(a, b) or not b:
         return None
     return a / b
 
@@ -280,7 +284,7 @@ def _prefill_by_part(stock: dict, r: dict, statistic: str) -> float | None:
     prefill, head = (stock["times"][name][statistic] for name in ("prefill_s", "prefill_head_s"))
     rest_ratio = _ratio(r["flops"]["prefill"] - r["flops"]["prefill_head"], stock["flops"]["prefill"] - stock["flops"]["prefill_head"])
     head_ratio = _ratio(r["flops"]["prefill_head"], stock["flops"]["prefill_head"])
-    if any(v is None or v != v for v in (prefill, head, rest_ratio, head_ratio)) or not prefill:
+    if _missing(prefill, head, rest_ratio, head_ratio) or not prefill:
         return None
     head = min(head, prefill)
     return (head * head_ratio + (prefill - head) * rest_ratio) / prefill
@@ -294,7 +298,7 @@ def _generate_by_phase(stock_times: dict, statistic: str, ideal: dict) -> float 
     the time."""
     times = {name: stock_times[name][statistic] for name in ("vision_s", "prefill_s", "generate_s")}
     parts = (ideal["vision_s"], ideal["prefill_by_part"], ideal["decode_bytes"])
-    if any(v is None or v != v for v in (*times.values(), *parts)) or not times["generate_s"]:
+    if _missing(*times.values(), *parts) or not times["generate_s"]:
         return None
     decoding = max(times["generate_s"] - times["vision_s"] - times["prefill_s"], 0.0)
     scaled = times["vision_s"] * parts[0] + times["prefill_s"] * parts[1] + decoding * parts[2]
