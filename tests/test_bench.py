@@ -103,6 +103,7 @@ def test_bench_command_runs_end_to_end(tmp_path, capsys):
     labels = [c["label"] for c in result["configurations"]]
     assert labels == ["stock", "photon@0.5"]
     assert all(label in printed for label in labels[1:])
+    assert "prefill, where the time goes" in printed
 
     documented = _documented_fields()
 
@@ -131,6 +132,7 @@ def test_bench_command_runs_end_to_end(tmp_path, capsys):
         assert c["ideal_ratios"]["vision_s"] == 1
         assert 0 < c["ideal_ratios"]["prefill_s"] < 1 and 0 < c["ideal_ratios"]["train_step_s"] < 1
         assert c["flops"]["selection"] > 0
+        assert 0 < c["prefill_parts"]["layers_s"] < c["times"]["prefill_s"]["min"] and 0 < c["ideal_ratios"]["prefill_floor"]
         for name, timing in c["times"].items():
             assert timing["median"] > 0 and len(timing["samples"]) == 1, name
         for phase in ("generate", "train"):
@@ -213,6 +215,10 @@ def test_kv_cache_bytes_follow_the_kept_tokens(cache):
     assert stock["kv_bytes_final"] == 2 * (tokens + 2) * dims.text.layers * per_token
     for timed in (stock, pruned):  # the LM head's read is part of the prefill, timed inside it
         assert 0 < timed["prefill_head_s"] < timed["prefill_s"]
+        assert timed["prefill_layers_s"] != timed["prefill_layers_s"]  # NaN: no layers were given
+    timed = time_generate(model, model.model.visual, prompt, 3, model.model.language_model.layers)
+    # the decoder layers' first calls (the prefill's) sit inside the prefill, beside the LM head
+    assert 0 < timed["prefill_layers_s"] < timed["prefill_s"] - timed["prefill_head_s"]
     for key, new in (("kv_bytes_after_prefill", 0), ("kv_bytes_final", 2)):
         ideal = flops.kv_cache_bytes(dims, shapes, 1, cache == "evict_all", new, 4)
         assert pruned[key] == ideal
@@ -244,7 +250,25 @@ def _phase_result(times, flop, decode_bytes, head_flops=2.0):
 
 
 STOCK_TIMES = {"vision_s": 1.0, "prefill_s": 6.0, "prefill_head_s": 2.0, "decode_s_per_token": 0.5, "generate_s": 10.0,
-               "train_step_s": 1.0}
+               "train_step_s": 1.0, "prefill_layers_s": float("nan"), "prefill_outside_layers_s": float("nan")}  # layers untimed
+
+
+def test_prefill_floor_is_stocks_time_outside_its_layers_plus_the_configurations_layers():
+    from photon.bench.harness import _add_ratios
+
+    stock = _phase_result({**STOCK_TIMES, "prefill_layers_s": 3.5, "prefill_outside_layers_s": 2.5}, (10.0, 102.0, 1.0), 1000.0)
+    pruned = _phase_result({**STOCK_TIMES, "prefill_s": 4.0, "prefill_layers_s": 1.0, "prefill_outside_layers_s": 3.0},
+                           (10.0, 27.0, 0.5), 900.0)
+    _add_ratios([stock, pruned], "min")
+    parts = pruned["prefill_parts"]
+    # stock's 2.5 s outside its layers plus these layers' 1 s, over stock's 6 s
+    assert pruned["ideal_ratios"]["prefill_floor"] == parts["floor"] == pytest.approx(3.5 / 6.0)
+    assert parts["own_s"] == pytest.approx(0.5) and parts["other_s"] == pytest.approx(1.0)  # 3 s outside, 2 s of it the head
+    assert (parts["layers_s"], parts["head_s"]) == (1.0, 2.0)
+    assert stock["prefill_parts"]["own_s"] == 0 and stock["ideal_ratios"]["prefill_floor"] == 1.0
+    stock = _phase_result(STOCK_TIMES, (10.0, 102.0, 1.0), 1000.0)
+    _add_ratios([stock], "min")  # layers untimed (NaN): no parts, no floor
+    assert stock["prefill_parts"] is None and stock["ideal_ratios"]["prefill_floor"] is None
 
 
 def test_prefill_by_part_keeps_the_lm_heads_measured_time_and_scales_the_rest_by_its_flops():

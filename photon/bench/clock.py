@@ -9,6 +9,7 @@ later calls) and the end-to-end time.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from statistics import fmean
 
@@ -22,27 +23,46 @@ def synchronize(device: torch.device) -> None:
 
 class CallTimes:
     """Seconds spent in each call of a module, while installed (the first `limit` calls only,
-    when given: the hooks then come off, so later calls run without their device syncs)."""
+    when given: the hooks then come off, so later calls run without their device syncs).
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, limit: int | None = None):
+    sync=False, for modules timed inside a timed call (decoder layers inside the prefill): on
+    CUDA each edge records an event instead of synchronising, so the GPU's queue is left as it
+    would run untimed; durations are read once the events have completed."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, limit: int | None = None, sync: bool = True):
         self.device = device
         self.limit = limit
-        self.durations: list[float] = []
-        self._start: list[float] = []
+        self.events = not sync and device.type == "cuda"
+        self._spans: list[tuple] = []
+        self._open: list = []
         self._handles = [
             module.register_forward_pre_hook(self._begin),
             module.register_forward_hook(self._end),
         ]
 
-    def _begin(self, module, args):
+    def _stamp(self):
+        if self.events:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
         synchronize(self.device)
-        self._start.append(time.perf_counter())
+        return time.perf_counter()
+
+    def _begin(self, module, args):
+        self._open.append(self._stamp())
 
     def _end(self, module, args, output):
-        synchronize(self.device)
-        self.durations.append(time.perf_counter() - self._start.pop())
-        if self.limit is not None and len(self.durations) >= self.limit:
+        self._spans.append((self._open.pop(), self._stamp()))
+        if self.limit is not None and len(self._spans) >= self.limit:
             self.remove()
+
+    @property
+    def durations(self) -> list[float]:
+        if self.events:
+            for _, end in self._spans:
+                end.synchronize()
+            return [start.elapsed_time(end) / 1e3 for start, end in self._spans]
+        return [end - start for start, end in self._spans]
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -74,10 +94,12 @@ def cache_bytes(cache) -> int:
     return total
 
 
-def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens: int) -> dict[str, float]:
+def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens: int,
+                  layers: Sequence[torch.nn.Module] = ()) -> dict[str, float]:
     """One generate() split into phases (seconds), and the KV cache's bytes after the prefill
     and after the last decode step (read from the cache tensors, outside the timed calls' work).
-    prefill_head_s: the LM head's share of the prefill (its first call), work that no pruning changes."""
+    prefill_head_s: the LM head's share of the prefill (its first call), work that no pruning changes;
+    prefill_layers_s: the decoder `layers`' share (each one's first call; NaN when none are given)."""
     device = next(model.parameters()).device
     kv = {}
 
@@ -86,9 +108,11 @@ def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens
             kv["kv_bytes_after_prefill"] = cache_bytes(getattr(output, "past_key_values", None))
 
     handle = model.register_forward_hook(after_call, with_kwargs=True)
+    # The prefill's call only; the layers' hooks record events rather than synchronise on CUDA.
+    layer_times = [CallTimes(layer, device, limit=1, sync=False) for layer in layers]
     try:
         with (timing(vision_tower, device) as vision, timing(model, device) as calls,
-              timing(model.get_output_embeddings(), device, limit=1) as head):  # the prefill's call only
+              timing(model.get_output_embeddings(), device, limit=1) as head):
             synchronize(device)
             start = time.perf_counter()
             with torch.no_grad():
@@ -98,10 +122,13 @@ def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens
             total = time.perf_counter() - start
     finally:
         handle.remove()
+        for times in layer_times:
+            times.remove()
     return {
         "vision_s": sum(vision.durations),
         "prefill_s": calls.durations[0],
         "prefill_head_s": head.durations[0],
+        "prefill_layers_s": sum(t.durations[0] for t in layer_times) if layer_times else float("nan"),
         "decode_s_per_token": fmean(calls.durations[1:]) if len(calls.durations) > 1 else float("nan"),
         "generate_s": total,
         **kv,

@@ -27,7 +27,8 @@ from photon.core.api import spec_for_model
 from photon.core.errors import PhotonError
 from photon.core.losses import answer_window
 
-TIMES = ("vision_s", "prefill_s", "prefill_head_s", "decode_s_per_token", "generate_s", "train_step_s")
+TIMES = ("vision_s", "prefill_s", "prefill_head_s", "prefill_layers_s", "prefill_outside_layers_s", "decode_s_per_token",
+         "generate_s", "train_step_s")
 # measured time -> the FLOPs that bound it
 IDEAL = {"vision_s": "vision", "prefill_s": "prefill", "decode_s_per_token": "decode", "generate_s": "generate", "train_step_s": "train"}
 
@@ -115,19 +116,22 @@ def _shapes(adapter, prompt: dict, kept: list[int]) -> list[flops.SampleShape]:
     ]
 
 
-def _measure_rounds(model, vision_tower, configs, prompt, train, options, step) -> tuple[dict, dict]:
-    """Warm-up, then interleaved measured rounds: (time samples, selection facts) by label."""
+def _measure_rounds(model, adapter, configs, prompt, train, options, step) -> tuple[dict, dict, dict]:
+    """Warm-up, then interleaved measured rounds: (time samples, selection facts, KV bytes) by label."""
     samples = {c.label: {name: [] for name in TIMES} for c in configs}
     selections: dict[str, dict] = {}
     kv: dict[str, dict] = {}  # the KV cache's bytes (the same every round)
     rounds = options.warmup + options.repeats
+    vision_tower, layers = adapter.vision_tower(model), adapter.text_model(model).layers
     for r in range(rounds):
         shift = r % len(configs)
         for config in configs[shift:] + configs[:shift]:
             step(f"round {r + 1}/{rounds} ({'warm-up' if r < options.warmup else 'measured'}): {config.label}")
             attach(model, config, options.layer)
             try:
-                times = clock.time_generate(model, vision_tower, prompt, options.new_tokens)
+                times = clock.time_generate(model, vision_tower, prompt, options.new_tokens, layers)
+                # per repeat, so the summary of "outside" is one of the same call's two times
+                times["prefill_outside_layers_s"] = times["prefill_s"] - times["prefill_layers_s"]
                 if config.pruner is not None:
                     runtime = model._photon
                     selections[config.label] = {
@@ -177,7 +181,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
     )
     dims = flops.dims_of(model.config)
     adapter = spec_for_model(model).make_adapter(model)
-    samples, selections, kv = _measure_rounds(model, adapter.vision_tower(model), configs, prompt, train, options, step)
+    samples, selections, kv = _measure_rounds(model, adapter, configs, prompt, train, options, step)
     kv_element = next(model.parameters()).element_size()
 
     stock_shapes = _shapes(adapter, prompt, [0] * options.batch)
@@ -290,6 +294,26 @@ def _prefill_by_part(stock: dict, r: dict, statistic: str) -> float | None:
     return (head * head_ratio + (prefill - head) * rest_ratio) / prefill
 
 
+def _prefill_parts(stock: dict, r: dict, statistic: str) -> dict | None:
+    """Where a prefill's time goes (seconds): its decoder layers, the LM head, the rest; `own`,
+    the time outside the decoder layers beyond stock's (what the runtime adds: selection,
+    gathers, masks); and `floor`, the ratio to stock's prefill if the runtime added nothing:
+    stock's time outside its decoder layers plus this configuration's layers as measured (the
+    stock layers over the kept tokens). Unlike the FLOPs ideals, the floor keeps each layer's
+    fixed per-call cost."""
+    names = ("prefill_s", "prefill_head_s", "prefill_layers_s", "prefill_outside_layers_s")
+    mine, theirs = ({name: t["times"][name][statistic] for name in names} for t in (r, stock))
+    if _missing(*mine.values(), *theirs.values()) or not theirs["prefill_s"]:
+        return None
+    return {
+        "layers_s": mine["prefill_layers_s"],
+        "head_s": mine["prefill_head_s"],
+        "other_s": mine["prefill_outside_layers_s"] - mine["prefill_head_s"],
+        "own_s": mine["prefill_outside_layers_s"] - theirs["prefill_outside_layers_s"],
+        "floor": (theirs["prefill_outside_layers_s"] + mine["prefill_layers_s"]) / theirs["prefill_s"],
+    }
+
+
 def _generate_by_phase(stock_times: dict, statistic: str, ideal: dict) -> float | None:
     """generate()'s ideal when each of its phases reaches its own: stock's measured vision,
     prefill and decoding times, scaled by the FLOPs ideal of the vision encoder, the prefill's
@@ -318,6 +342,8 @@ def _add_ratios(results: list[dict], statistic: str) -> None:
         ideal["kept_tokens"] = r["keep_ratio"] if r["pruner"] else 1.0
         ideal["decode_bytes"] = _ratio(r["decode_bytes"], stock["decode_bytes"])
         ideal["prefill_by_part"] = _prefill_by_part(stock, r, statistic)
+        r["prefill_parts"] = _prefill_parts(stock, r, statistic)
+        ideal["prefill_floor"] = None if r["prefill_parts"] is None else r["prefill_parts"]["floor"]
         ideal["generate_by_phase"] = _generate_by_phase(stock["times"], statistic, ideal)
         if "memory" in r and "memory" in stock:
             for phase in ("generate", "train"):

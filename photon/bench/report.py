@@ -73,6 +73,18 @@ def render(result: dict) -> str:
                 for _, key in TIME_COLUMNS]
         rows.append(row)
     lines += _grid(header, rows)
+    if stock.get("prefill_parts") is not None:
+        lines += ["", "prefill, where the time goes (ms; own: time outside the decoder layers beyond stock's, the runtime's "
+                      "selection, gathers and masks; floor: the ratio to stock if the runtime added nothing, stock's time "
+                      "outside its layers plus these layers as measured):"]
+        part_rows = []
+        for c in configs:
+            parts = c["prefill_parts"]
+            ms = lambda key: _num(1e3 * parts[key], 1)  # noqa: E731
+            own = "-" if c is stock else ms("own_s")
+            part_rows.append([c["label"], ms("layers_s"), ms("head_s"), ms("other_s"), own,
+                              f"{_num(c['ratios']['prefill_s'])} ({_num(parts['floor'])})"])
+        lines += _grid(["config", "decoder layers", "LM head", "other", "own", "prefill (floor)"], part_rows)
     kv = stock["kv_cache"]
     lines += ["", f"KV cache bytes, ratio to stock (ideal from the kept counts, no padding); stock holds "
                   f"{_mib(kv['after_prefill'])} after the prefill, {_mib(kv['final'])} after the last decode step:"]
