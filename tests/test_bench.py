@@ -193,6 +193,40 @@ def test_the_stock_training_step_computes_the_same_loss_as_an_attached_model():
     torch.testing.assert_close(stock, attached)
 
 
+def test_unsynchronised_call_times_read_cuda_events_in_seconds(monkeypatch):
+    """On CUDA, CallTimes(sync=False) records events and never synchronises the device; its
+    durations are the events' elapsed times (milliseconds in torch) in seconds. CI has no GPU:
+    torch.cuda.Event is stood in for by a clock with the same methods."""
+    from torch import nn
+
+    from photon.bench import clock
+
+    ticks = iter(range(0, 1000, 250))  # each record() reads the next tick, in milliseconds
+    waited = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            self.at = next(ticks)
+
+        def synchronize(self):
+            waited.append(self)
+
+        def elapsed_time(self, end):
+            return float(end.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(clock, "synchronize", lambda device: pytest.fail("synchronised the device"))
+    layer = nn.Identity()
+    times = clock.CallTimes(layer, torch.device("cuda"), limit=1, sync=False)
+    layer(torch.zeros(1))
+    layer(torch.zeros(1))  # past the limit: not timed
+    assert times.durations == [0.25] and len(waited) == 1
+
+
 @pytest.mark.parametrize("cache", ["evict_all", "keep_early"])
 def test_kv_cache_bytes_follow_the_kept_tokens(cache):
     import photon
