@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import photon
-from photon.adapters.qwen2_5_vl import load_tiny, tiny_config
+from photon.adapters import qwen
+from photon.adapters.qwen2_5_vl import QWEN2_5_VL, load_tiny
 from photon.adapters.qwen_inputs import model_inputs
+from photon.core import compat
 from photon.core.api import runtime_of, spec_for_model
 from photon.core.config import SelectionConfig
 from photon.core.errors import PhotonError
@@ -254,7 +256,7 @@ def test_vision_attention_capture_matches_a_dense_reference_in_token_order():
 
     from tests.conftest import video_sample
 
-    config = tiny_config()
+    config = qwen.tiny_config(QWEN2_5_VL)
     config.vision_config.depth = 1
     config.vision_config.fullatt_block_indexes = [0]
     torch.manual_seed(0)
@@ -271,7 +273,7 @@ def test_vision_attention_capture_matches_a_dense_reference_in_token_order():
         block = visual.blocks[0]
         grid = inputs["video_grid_thw"]
         x = block.norm1(visual.patch_embed(inputs["pixel_values_videos"]))  # token order
-        cos, sin = visual.rotary_pos_emb(x, get_vision_position_ids(grid, visual.spatial_merge_size))
+        cos, sin = compat.vision_rope(visual, x, get_vision_position_ids(grid, visual.spatial_merge_size))
         n = x.shape[0]
         q, k, _ = block.attn.qkv(x).reshape(n, 3, block.attn.num_heads, -1).unbind(1)
         q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)

@@ -7,6 +7,7 @@ import torch
 import photon
 from photon.adapters.qwen2_5_vl import load_tiny
 from photon.adapters.qwen_inputs import model_inputs
+from photon.core import compat
 from photon.core import sgp as sgp_module
 from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
@@ -197,7 +198,7 @@ def test_hard_stage_training_step_reaches_the_predictor_only_through_sgp(checkpo
     model = loaded.model
     photon.attach(model, mode="trained", theta=None)
     if checkpointing:
-        model.activation_checkpointing_enable()
+        compat.enable_checkpointing(model)
     inputs = batch_for(loaded, ragged_samples, train=True)
     out, info = _train_step(model, inputs, BatchPlan(step=9000, stage=Stage.HARD))
     assert torch.isfinite(out.loss) and info.pruned
@@ -254,3 +255,73 @@ def test_flip_batch_keeps_the_complement(ragged_samples):
     flipped = [r["keep"] for r in photon.last_selection(model)]
     for a, b in zip(normal, flipped):
         assert all(x != y for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("form", ["mask", "indices"])
+def test_logits_to_keep_positions_are_found_through_the_keep_index(form, ragged_samples):
+    """transformers' logits_to_keep may be a tensor of prompt positions (ms-swift's trainer passes the
+    loss positions): on a pruned prompt each requested row is the stock-only reference's at that position."""
+    loaded = tiny("sdpa")
+    model = loaded.model
+    inputs = batch_for(loaded, ragged_samples, train=True)
+    labels = inputs.pop("labels")
+    text_model = model.model.language_model
+    captured = capture_text_inputs(model, text_model, inputs)
+    photon.attach(model, mode="zero_shot", layer=2, keep_ratio=0.3)
+    wanted = torch.zeros(labels.shape[1], dtype=torch.bool)
+    wanted[:-1] = (labels[:, 1:] != -100).any(0)  # the positions that predict a label
+    requested = wanted if form == "mask" else wanted.nonzero().squeeze(1)
+    with torch.no_grad():
+        out = model(**inputs, logits_to_keep=requested)
+    info = runtime_of(model).last
+    assert info.pruned and bool((info.keep.sum(1) < labels.shape[1]).all())
+    ref = reference_logits(model, text_model, captured, info.keep, 2, evict_all=True, prompt_len=labels.shape[1])
+    assert out.logits.shape[:2] == (labels.shape[0], int(wanted.sum()))
+    torch.testing.assert_close(out.logits, ref[:, wanted], rtol=1e-4, atol=2e-5)
+    aligned = labels[:, torch.cat([torch.tensor([False]), wanted[:-1]])]  # the label each kept row predicts, shifted
+    aligned = torch.nn.functional.pad(aligned, (1, 0), value=-100)[:, :-1]
+    with torch.no_grad():
+        loss = model(**inputs, labels=aligned, logits_to_keep=requested).loss
+    torch.testing.assert_close(loss, answer_loss(ref[:, wanted], aligned))
+    visual = (inputs["input_ids"][0] == model.config.video_token_id).nonzero().squeeze(1)
+    dropped = visual[~info.keep[0, visual]][:1]
+    with pytest.raises(PhotonError, match="visual positions Photon dropped"):
+        model(**inputs, logits_to_keep=dropped)
+
+
+def answer_loss(logits, labels):
+    from photon.core.losses import causal_lm_loss
+
+    return causal_lm_loss(logits, labels)
+
+
+def test_a_prompt_embedded_by_a_later_pre_hook_is_still_pruned(ragged_samples):
+    """Frameworks that turn input_ids into inputs_embeds in their own forward pre-hook (ms-swift's
+    trainer) hand Photon no ids: the runtime's own first pre-hook still sees them, so the prompt is
+    pruned exactly as when the ids are passed."""
+    loaded = tiny("sdpa")
+    model = loaded.model
+    inputs = batch_for(loaded, ragged_samples)
+    # The M-RoPE positions stock computes from the ids, handed over with the embeddings as ms-swift's
+    # collator does (without ids, transformers before 5.17 falls back to 1-D positions).
+    positions = capture_text_inputs(model, model.model.language_model, inputs)["position_ids"]
+    photon.attach(model, mode="zero_shot", layer=2, keep_ratio=0.3)
+    with torch.no_grad():
+        direct = model(**inputs).logits
+    kept = [r["n_kept"] for r in photon.last_selection(model)]
+
+    def embed(module, args, kwargs):
+        kwargs["inputs_embeds"] = module.get_input_embeddings()(kwargs.pop("input_ids"))
+        kwargs["position_ids"] = positions
+        return args, kwargs
+
+    handle = model.register_forward_pre_hook(embed, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            hooked = model(**inputs).logits
+    finally:
+        handle.remove()
+    assert runtime_of(model).last.pruned
+    assert [r["n_kept"] for r in photon.last_selection(model)] == kept
+    torch.testing.assert_close(hooked, direct, rtol=1e-5, atol=1e-6)
+    assert runtime_of(model)._hooked_ids is None  # used once, not left for the next call

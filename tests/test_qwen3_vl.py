@@ -12,9 +12,9 @@ import photon
 from photon.adapters.qwen3_vl import (
     VOLUME_INPUT,
     DeepStack,
-    Qwen3VLAdapter,
     install_volume_embedding,
     load_tiny,
+    make_adapter,
     timestamp_mask,
 )
 from photon.adapters.qwen_inputs import model_inputs, pack_media, step_timestamps
@@ -141,7 +141,7 @@ def test_instruction_mask_skips_timestamps_but_keeps_text_between_media():
     sample = Sample("two", [{"role": "user", "content": "<video>Compare at 12: <video> which one?"}], media)
     encoded = loaded.encoder.encode(sample, train=False)
     ids = encoded["input_ids"][None]
-    adapter = Qwen3VLAdapter(loaded.model)
+    adapter = make_adapter(loaded.model)
     mask = adapter.instruction_mask(ids)
     tokens = loaded.encoder.tokenizer.convert_ids_to_tokens(ids[0])
     assert [t for t, m in zip(tokens, mask[0]) if m] == ["Compare", "Ġat", "Ġ", "1", "2", ":", "Ġwhich", "Ġone", "?"]
@@ -162,7 +162,7 @@ def test_query_key_reproduce_the_stock_attention_weights(samples):
     hidden, mrope = captured["inputs_embeds"], captured["position_ids"][-3:]
     position_embeddings = text_model.rotary_emb(hidden, mrope)
     layer = text_model.layers[0]
-    q, k = Qwen3VLAdapter(model).query_key(layer, hidden, position_embeddings)
+    q, k = make_adapter(model).query_key(layer, hidden, position_embeddings)
     attn = layer.self_attn
     scores = q @ k.repeat_interleave(attn.num_key_value_groups, dim=1).transpose(-1, -2) * attn.scaling
     L = hidden.shape[1]
@@ -433,4 +433,7 @@ def test_backbones_are_registered_through_the_hook():
     registered = plugins.backbones()
     assert registered["qwen3-vl-2b"].source == "photon.adapters.qwen3_vl"
     assert registered["qwen3-vl-2b"].obj.source == "Qwen/Qwen3-VL-2B-Instruct"
-    assert registered["qwen3-vl-tiny"].obj.load is load_tiny
+    tiny = registered["qwen3-vl-tiny"].obj.load(None, seed=3)
+    assert type(tiny.model).__name__ == "Qwen3VLForConditionalGeneration" and tiny.backbone == "qwen3-vl-tiny"
+    direct = load_tiny(seed=3).model.state_dict()
+    assert all(torch.equal(value, direct[name]) for name, value in tiny.model.state_dict().items())

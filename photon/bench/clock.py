@@ -15,6 +15,8 @@ from statistics import fmean
 
 import torch
 
+from photon.core import compat
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -105,7 +107,7 @@ def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens
 
     def after_call(module, args, kwargs, output):
         if "kv_bytes_after_prefill" not in kv:
-            kv["kv_bytes_after_prefill"] = cache_bytes(getattr(output, "past_key_values", None))
+            kv["kv_bytes_after_prefill"] = cache_bytes(compat.output_cache(output))
 
     handle = model.register_forward_hook(after_call, with_kwargs=True)
     # The prefill's call only; the layers' hooks record events rather than synchronise on CUDA.
@@ -132,7 +134,7 @@ def time_generate(model, vision_tower: torch.nn.Module, inputs: dict, new_tokens
         "decode_s_per_token": fmean(calls.durations[1:]) if len(calls.durations) > 1 else float("nan"),
         "generate_s": total,
         **kv,
-        "kv_bytes_final": cache_bytes(out.past_key_values),
+        "kv_bytes_final": cache_bytes(compat.output_cache(out)),
     }
 
 

@@ -27,6 +27,7 @@ from photon.core.errors import PhotonError
 # -- CUDA, in process -------------------------------------------------------------------
 def cuda_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
     from photon.bench.clock import generate, train_step
+    from photon.core import compat
 
     device = next(model.parameters()).device
     out = {"method": "cuda_max_memory_allocated"}
@@ -85,13 +86,14 @@ def phases(model, prompt: dict, train: dict, new_tokens: int):
     """(name, run) of each measured phase: generate, a training step, and the same step with
     activation (gradient) checkpointing, which trades recomputation for activation memory."""
     from photon.bench.clock import generate, train_step
+    from photon.core import compat
 
     def checkpointed():
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        compat.enable_checkpointing(model, use_reentrant=False)
         try:
             train_step(model, train)
         finally:
-            model.activation_checkpointing_disable()
+            compat.disable_checkpointing(model)
 
     return (("generate", lambda: generate(model, prompt, new_tokens)), ("train", lambda: train_step(model, train)),
             ("train_checkpointed", checkpointed))
@@ -100,6 +102,7 @@ def phases(model, prompt: dict, train: dict, new_tokens: int):
 def rss_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
     """Peak RSS per phase of this process (call it in a fresh one)."""
     from photon.bench.clock import generate, train_step
+    from photon.core import compat
 
     generate(model, prompt, min(new_tokens, 2))  # warm-up: one-time allocations are not the workload's
     train_step(model, train)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from photon.adapters import qwen3_vl
-from photon.adapters.qwen2_5_vl import TINY_TEXT, TINY_VISION
+from photon.adapters import qwen, qwen3_vl
+from photon.adapters.qwen2_5_vl import QWEN2_5_VL, TINY_TEXT, TINY_VISION
 from photon.core.errors import PhotonError
 
-QWEN25, QWEN3 = "qwen2.5-vl", "qwen3-vl"
+QWEN25, QWEN3 = QWEN2_5_VL.name, qwen3_vl.QWEN3_VL.name
+FAMILIES = {family.name: family for family in (QWEN2_5_VL, qwen3_vl.QWEN3_VL)}
 
 _QWEN_VISION = dict(
     depth=32,
@@ -115,12 +116,10 @@ class ModelSpec:
 
 
 def size_config(size: str, attn: str = "sdpa"):
-    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
-
     if size not in SIZES:
         raise PhotonError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
     family, text, vision, _ = SIZES[size]
-    make = Qwen3VLConfig if family == QWEN3 else Qwen2_5_VLConfig
+    make = FAMILIES[family].cls("config")
     config = make(text_config=dict(text), vision_config=dict(vision), tie_word_embeddings=text["tie_word_embeddings"])
     config._attn_implementation = attn
     return config
@@ -137,14 +136,11 @@ def build_model(spec: ModelSpec, *, with_encoder: bool = True):
         if spec.volume_embedding:
             raise PhotonError("volume_embedding applies to the random-weight sizes; a real backbone brings its own")
         return model, loaded.encoder if with_encoder else None
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
-
     config = size_config(spec.size, spec.attn)
     family = SIZES[spec.size][0]
     torch.manual_seed(spec.seed)
     with torch.device(spec.device):
-        make = Qwen3VLForConditionalGeneration if family == QWEN3 else Qwen2_5_VLForConditionalGeneration
-        model = make._from_config(config, dtype=dtype)
+        model = FAMILIES[family].cls("model")._from_config(config, dtype=dtype)
     if spec.volume_embedding:
         volume_embedding(model, seed=spec.seed).install(model)
     model.eval()
@@ -172,13 +168,7 @@ class EmbeddingSwap:
 def volume_embedding(model, seed: int = 0) -> EmbeddingSwap:
     """Photon's 3D patch embedding for this model (seeded random kernel), not yet installed."""
     rgb = EmbeddingSwap.current(model)
-    family = QWEN3 if model.config.model_type == "qwen3_vl" else QWEN25
-    if family == QWEN3:
-        qwen3_vl.install_volume_embedding(model, init="random", seed=seed)
-    else:
-        from photon.adapters.qwen2_5_vl import install_volume_embedding
-
-        install_volume_embedding(model, init="random", seed=seed)
+    qwen.install_volume_embedding(family_of(model), model, init="random", seed=seed)
     grey = EmbeddingSwap.current(model)
     rgb.install(model)
     return grey
@@ -203,14 +193,10 @@ def _load_backbone(source: str, attn: str):
     return spec_for_model_type(model_type).load_folder(source, attn_implementation=attn)
 
 
+def family_of(model) -> qwen.QwenFamily:
+    return next(f for f in FAMILIES.values() if f.model_type == model.config.model_type)
+
+
 def encoder_for_model(model, family: str):
     """Photon's input encoder for a random-weight model, with the family's real tokenizer."""
-    if family == QWEN3:
-        from photon.adapters.tokenizer import qwen3_tokenizer
-
-        return qwen3_vl.encoder_for(model, qwen3_tokenizer())
-    from photon.adapters.qwen2_5_vl import geometry_for
-    from photon.adapters.qwen_inputs import QwenEncoder
-    from photon.adapters.tokenizer import qwen2_5_tokenizer
-
-    return QwenEncoder(qwen2_5_tokenizer(), geometry_for(model))
+    return qwen.encoder_for(FAMILIES[family], model, FAMILIES[family].tokenizer())

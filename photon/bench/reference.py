@@ -62,7 +62,6 @@ def reference_logits(model, text_model, captured: dict, keep: torch.Tensor, laye
             attention_mask=additive(early if i <= layer else late),
             position_embeddings=position_embeddings,
             position_ids=None,
-            past_key_values=None,
             use_cache=False,
         )
         if i < len(deepstack):

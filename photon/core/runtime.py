@@ -23,10 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from photon.core import plugins
+from photon.core import compat, plugins
 from photon.core.config import SelectionConfig, SGPConfig
 from photon.core.errors import PhotonError
 from photon.core.its import enforce_min_keep
@@ -128,6 +126,8 @@ class PhotonRuntime:
     _inputs: dict = field(default_factory=dict)
     _generate_grids: dict = field(default_factory=dict)  # generate() encodes media before the prefill call
     vision_attention: Any = None  # the adapter's capture, for pruners with needs_vision_attention
+    _hooked_ids: Any = None  # input_ids seen by the first forward pre-hook (see install)
+    _ids_hook: Any = None
 
     # -- installation -------------------------------------------------------------------
     def install(self) -> None:
@@ -147,11 +147,20 @@ class PhotonRuntime:
                     f"{self.adapter.family} adapter does not provide"
                 )
             self.vision_attention = capture(self.model)
+        # Frameworks that embed the prompt themselves in a later forward pre-hook (ms-swift's trainer
+        # hands the model inputs_embeds, not input_ids) still show the ids to this, the first one.
+        self._ids_hook = self.model.register_forward_pre_hook(self._remember_ids, with_kwargs=True)
         text_model.forward = types.MethodType(_bind_text_forward(self), text_model)
         self.model.forward = types.MethodType(_bind_outer_forward(self, type(self.model).forward), self.model)
         self.model.generate = types.MethodType(_bind_generate(self, type(self.model).generate), self.model)
 
+    def _remember_ids(self, module, args, kwargs) -> None:
+        self._hooked_ids = kwargs.get("input_ids", args[0] if args else None)
+
     def remove(self) -> None:
+        if self._ids_hook is not None:
+            self._ids_hook.remove()
+            self._ids_hook = None
         text_model = self.adapter.text_model(self.model)
         for module, name in ((text_model, "forward"), (self.model, "forward"), (self.model, "generate")):
             if name in module.__dict__:
@@ -220,20 +229,20 @@ def _bind_text_forward(rt: PhotonRuntime):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         inputs_embeds=None,
         use_cache=None,
         **kwargs,
     ):
+        cache = compat.pop_cache(kwargs)
         stock = functools.partial(
             type(text_model).forward,
             text_model,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{compat.cache_keyword(text_model): cache},
             **kwargs,
         )
         if inputs_embeds is None:
@@ -244,17 +253,17 @@ def _bind_text_forward(rt: PhotonRuntime):
             use_cache = text_model.config.use_cache
         if getattr(text_model, "gradient_checkpointing", False) and text_model.training:
             use_cache = False
-        info = getattr(past_key_values, "_photon", None)
+        info = getattr(cache, "_photon", None)
         if info is not None:
-            return _decode(rt, text_model, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, info, kwargs)
+            return _decode(rt, text_model, inputs_embeds, attention_mask, position_ids, cache, use_cache, info, kwargs)
         full_ids = rt._inputs.get("input_ids")
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         if not rt.enabled or full_ids is None or full_ids.shape[1] != inputs_embeds.shape[1] or past > 0:
             return stock()
         vision = (rt.adapter.visual_kinds(full_ids) > 0).to(inputs_embeds.device)
         if not vision.any() or (rt.plan is not None and rt.plan.stage is Stage.FULL):
             return stock()
-        return _prefill(rt, text_model, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, full_ids, vision, kwargs)
+        return _prefill(rt, text_model, inputs_embeds, attention_mask, position_ids, cache, use_cache, full_ids, vision, kwargs)
 
     return forward
 
@@ -266,9 +275,8 @@ def _prefill(rt, text_model, embeds, attention_mask, position_ids, cache, use_ca
     if use_cache and cache is None:
         cache = DynamicCache(config=text_model.config)
     text_pos, mrope = _split_positions(position_ids, B, L, 0, embeds.device)
-    mask = create_causal_mask(
-        config=text_model.config, inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=cache, position_ids=text_pos
-    )
+    mask = compat.causal_mask(config=text_model.config, inputs_embeds=embeds, attention_mask=attention_mask, cache=cache, position_ids=text_pos)
+    cache_kw = {compat.cache_keyword(layers[0]): cache}
     position_embeddings = text_model.rotary_emb(embeds, mrope)
     padding = attention_mask == 0 if attention_mask is not None else torch.zeros_like(vision)
     padding = padding.to(vision.device)
@@ -306,8 +314,8 @@ def _prefill(rt, text_model, embeds, attention_mask, position_ids, cache, use_ca
             attention_mask=mask,
             position_embeddings=position_embeddings,
             position_ids=text_pos,
-            past_key_values=cache,
             use_cache=use_cache,
+            **cache_kw,
             **kwargs,
         )
         if extras is not None:
@@ -331,7 +339,9 @@ def _prefill(rt, text_model, embeds, attention_mask, position_ids, cache, use_ca
             hidden = sgp_gather(hidden, keep, q, vision, config=rt.sgp, index=(index, valid))
         else:
             hidden = gather_tokens(hidden, index, valid)
-        position_embeddings = tuple(gather_tokens(t, index, valid) for t in position_embeddings)
+        position_embeddings = tuple(
+            gather_tokens(t, index, valid, seq_dim=compat.ROTARY_SEQ_DIM, batch_dim=compat.ROTARY_BATCH_DIM) for t in position_embeddings
+        )
         if cache is not None and rt.config.cache == "evict_all":
             for i in range(p + 1):
                 layer_cache = cache.layers[i]
@@ -341,14 +351,7 @@ def _prefill(rt, text_model, embeds, attention_mask, position_ids, cache, use_ca
             raise PhotonError(f"selection.cache must be 'evict_all' or 'keep_early', got {rt.config.cache!r}")
         if extras is not None:
             extras = extras.gather(index, valid, keep)
-        late_mask = create_causal_mask(
-            config=text_model.config,
-            inputs_embeds=hidden,
-            attention_mask=valid,
-            past_key_values=cache,
-            position_ids=None,
-            layer_idx=p + 1,
-        )
+        late_mask = compat.causal_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=valid, cache=cache, layer_idx=p + 1)
         # Kept text positions have gaps: hide them from FlashAttention's packed-sequence logic.
         late_pos = None
         rt.last = ForwardInfo(vision, keep, selection, pruned=True, index=index, valid=valid, plan=plan)
@@ -368,14 +371,14 @@ def _prefill(rt, text_model, embeds, attention_mask, position_ids, cache, use_ca
             attention_mask=late_mask,
             position_embeddings=position_embeddings,
             position_ids=late_pos,
-            past_key_values=cache,
             use_cache=use_cache,
+            **cache_kw,
             **kwargs,
         )
         if extras is not None:
             hidden = extras.apply(i, hidden)
     hidden = text_model.norm(hidden)
-    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache if use_cache else None)
+    return compat.model_output(hidden, cache if use_cache else None)
 
 
 def _decode(rt, text_model, embeds, attention_mask, position_ids, cache, use_cache, info: CacheInfo, kwargs):
@@ -400,15 +403,9 @@ def _decode(rt, text_model, embeds, attention_mask, position_ids, cache, use_cac
     position_embeddings = text_model.rotary_emb(embeds, mrope)
 
     def mask_for(two_d, layer_idx):
-        return create_causal_mask(
-            config=text_model.config,
-            inputs_embeds=embeds,
-            attention_mask=two_d,
-            past_key_values=cache,
-            position_ids=None,
-            layer_idx=layer_idx,
-        )
+        return compat.causal_mask(config=text_model.config, inputs_embeds=embeds, attention_mask=two_d, cache=cache, layer_idx=layer_idx)
 
+    cache_kw = {compat.cache_keyword(layers[0]): cache}
     late_mask = mask_for(kept_2d, late_layer)
     early_mask = late_mask if info.evict_all else mask_for(torch.cat([info.full_mask, new], dim=1), 0)
     hidden = embeds
@@ -418,30 +415,41 @@ def _decode(rt, text_model, embeds, attention_mask, position_ids, cache, use_cac
             attention_mask=early_mask if i <= info.layer else late_mask,
             position_embeddings=position_embeddings,
             position_ids=None,
-            past_key_values=cache,
             use_cache=use_cache,
+            **cache_kw,
             **kwargs,
         )
     hidden = text_model.norm(hidden)
-    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+    return compat.model_output(hidden, cache)
 
 
 def _bind_outer_forward(rt: PhotonRuntime, stock_forward):
     @functools.wraps(stock_forward)
     def forward(model, *args, labels=None, **kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        window = None
-        if labels is not None:
+        embeds = kwargs.get("inputs_embeds")
+        if input_ids is None and embeds is not None and getattr(rt._hooked_ids, "shape", None) == embeds.shape[:2]:
+            input_ids = rt._hooked_ids  # the prompt behind inputs_embeds a later pre-hook built
+        rt._hooked_ids = None
+        requested = kwargs.get("logits_to_keep")
+        positions = window = None
+        if isinstance(requested, torch.Tensor):
+            # Positions over the unpruned prompt (indices or a mask, as transformers allows; ms-swift's
+            # trainer passes the loss positions): the stock model computes the trailing window that holds
+            # them, and they are picked from it through the keep index once the prompt is pruned.
+            length = input_ids.shape[1] if input_ids is not None else embeds.shape[1]
+            positions = _position_mask(requested, length)
+            window = length - int(positions.nonzero()[0])
+        elif labels is not None:
             # A loss reads logits only where they predict a label: the answer window at the end of
             # the rows. Computing the (L x vocabulary) logits of a long visual prefix is waste.
-            window = kwargs.get("logits_to_keep") or answer_window(labels)
-            if not isinstance(window, int):
-                raise PhotonError("with labels, logits_to_keep must be an int (a trailing window), not index tensors")
+            window = requested or answer_window(labels)
+        if window is not None:
             kwargs["logits_to_keep"] = window
         # What the records need to place each medium's grid, read only if someone asks for them.
         grid_inputs = {key: kwargs.get(key, rt._generate_grids.get(key)) for key in ("image_grid_thw", "video_grid_thw")}
         rt._inputs = {"input_ids": input_ids, "grid_inputs": {"input_ids": input_ids, **grid_inputs}}
-        if getattr(kwargs.get("past_key_values"), "_photon", None) is None:
+        if getattr(compat.peek_cache(kwargs), "_photon", None) is None:
             rt.last = None  # a new prompt: the previous prefill's tensors no longer apply
         try:
             out = stock_forward(model, *args, **kwargs)
@@ -456,17 +464,51 @@ def _bind_outer_forward(rt: PhotonRuntime, stock_forward):
             raise
         finally:
             rt._inputs = {}
+        last = rt.last
+        if positions is not None:
+            out["logits"] = _pick_positions(out.logits, positions, last, window)
         if labels is not None:
-            last = rt.last
-            if last is not None and last.pruned and last.labels is None:
-                labels = gather_tokens(labels.to(last.index.device), last.index, last.valid, fill=IGNORE_INDEX)
-            labels = labels[:, -window:]  # aligned with the logits' window
+            if positions is None:
+                if last is not None and last.pruned and last.labels is None:
+                    labels = gather_tokens(labels.to(last.index.device), last.index, last.valid, fill=IGNORE_INDEX)
+                labels = labels[:, -window:]  # aligned with the logits' window
+            # else the caller's labels are aligned with the positions it asked for, as transformers reads them
             if last is not None:
                 last.labels = labels
             out["loss"] = causal_lm_loss(out.logits, labels)
         return out
 
     return forward
+
+
+def _position_mask(requested: torch.Tensor, length: int) -> torch.Tensor:
+    """logits_to_keep given as a tensor (1-D indices or a boolean mask over the prompt) -> (L,) bool."""
+    if requested.dtype == torch.bool:
+        if requested.ndim != 1 or requested.shape[0] != length:
+            raise PhotonError(f"logits_to_keep as a mask must be 1-D over the {length} prompt positions, got shape {tuple(requested.shape)}")
+        mask = requested
+    else:
+        if requested.ndim != 1:
+            raise PhotonError(f"logits_to_keep as indices must be 1-D, got shape {tuple(requested.shape)}")
+        mask = torch.zeros(length, dtype=torch.bool, device=requested.device)
+        mask[requested.long()] = True
+    if not mask.any():
+        raise PhotonError("logits_to_keep selects no position")
+    return mask
+
+
+def _pick_positions(logits: torch.Tensor, positions: torch.Tensor, last: ForwardInfo | None, window: int) -> torch.Tensor:
+    """The rows of a trailing-window logits tensor at the requested prompt positions, found through
+    the keep index when the prompt was pruned (a requested position Photon dropped is an error)."""
+    B = logits.shape[0]
+    rows = positions.to(logits.device).expand(B, -1)
+    if last is not None and last.pruned:
+        rows = gather_tokens(rows, last.index.to(logits.device), last.valid.to(logits.device), fill=False)
+        dropped = int(positions.sum()) - rows.sum(1)
+        if bool((dropped != 0).any()):
+            raise PhotonError("logits_to_keep asks for logits at visual positions Photon dropped; ask for text positions only")
+    rows = rows[:, -window:]
+    return logits[rows].view(B, -1, logits.shape[-1])
 
 
 def _bind_generate(rt: PhotonRuntime, stock_generate):

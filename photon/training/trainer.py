@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 from omegaconf import OmegaConf
 
-from photon.core import losses
+from photon.core import compat, losses
 from photon.core.config import to_object
 from photon.core.errors import PhotonError
 from photon.core.schedule import BatchPlan, Schedule, batch_generator, plan_batch, robust_augment
@@ -224,7 +224,7 @@ def _prepare_model(run: Run) -> None:
         raise PhotonError(f"run.phase must be 1 or 2, got {cfg.run.phase}")
     freeze(model, cfg.model.freeze)
     if cfg.model.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        compat.enable_checkpointing(model, use_reentrant=False)
     model.train()
     vision_ids = {id(p) for p in adapter.vision_tower(model).parameters()}
     run.trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
