@@ -4,8 +4,11 @@ Public API: attach(), detach(), last_selection(), load(), load_config().
 Heavy modules (transformers) load on first use, so `import photon` stays fast.
 """
 
+from photon.core import compat
 from photon.core.config import load_config
 from photon.core.errors import PhotonError
+
+compat.warn_if_untested()  # once, from the installed version's metadata (transformers is not imported)
 
 __version__ = "0.1.0"
 

@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "photon.pruners.visionzip",
     "photon.pruners.divprune",
     "photon.commands.plugins",
+    "photon.commands.doctor",
     "photon.commands.config",
     "photon.commands.bench",
     "photon.commands.train",
