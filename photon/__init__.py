@@ -16,8 +16,12 @@ __all__ = ["attach", "detach", "last_selection", "load", "load_config", "PhotonE
 
 
 def __getattr__(name):
-    if name in ("attach", "detach", "last_selection", "load"):
+    if name in ("attach", "detach", "last_selection"):
         from photon.core import api
 
         return getattr(api, name)
+    if name == "load":
+        from photon.opening import load
+
+        return load
     raise AttributeError(f"module 'photon' has no attribute {name!r}")

@@ -41,13 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    import os
+
+    # Under a launcher every rank says its own line; the rank tells them apart.
+    who = f"photon {args.command}" + (f" [rank {os.environ.get('RANK')}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
     try:
         return int(args._run(args) or 0)
     except PhotonError as exc:
-        print(f"photon {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"photon {args.command}: interrupted", file=sys.stderr)
+        print(f"{who}: interrupted", file=sys.stderr)
         return 130
 
 

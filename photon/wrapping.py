@@ -1,26 +1,20 @@
-"""Opening a wrapped model for the commands, describing the wrapping, and saving it as a folder.
-
-`photon attach`, `photon infer` and their Python equivalents go through open_model: a
-registered backbone, a Hugging Face folder or a Photon checkpoint folder, Photon attached with
-the caller's mode and selection overrides (photon.load does the work).
-"""
+"""The commands' side of a wrapped model: opening it from their arguments (one OpenRequest for
+photon.opening), describing the wrapping, and saving it as a folder."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from photon import opening
 from photon.adapters.base import Loaded, visual_token_count
 from photon.core import checkpoint, plugins
-from photon.core.api import backbone_spec, runtime_of, spec_for_model
+from photon.core.api import runtime_of, spec_for_model
 from photon.core.config import PhotonConfig
 from photon.core.errors import PhotonError
 from photon.core.pruners import pruner_rule
 from photon.modalities.config import options_for_backbone
+from photon.opening import OpenRequest, Opened, resolve_device  # noqa: F401 - the commands' names for them
 
 # A still image and a short clip at this side show what the token count of non-volume input is.
 EXAMPLE_SIDE = 448
@@ -30,72 +24,6 @@ RULES = {
     "trained": "the trained threshold predictor's theta per sample",
     "keep=all": "keep every visual token (unpruned; the selection is still computed and recorded)",
 }
-
-
-@dataclass
-class Opened:
-    """A wrapped model and where it came from."""
-
-    loaded: Loaded
-    source: Path | None  # the local folder the weights were read from, when there is one
-    load_s: float = 0.0
-
-
-def check_backbone_matches(folder: Path, backbone: str) -> None:
-    """A checkpoint given with --backbone must wrap that backbone."""
-    spec = backbone_spec(backbone)
-    if checkpoint.is_photon_folder(folder):
-        meta = checkpoint.read_meta(folder)
-        wrapped, model_type = meta.get("backbone"), meta.get("model_type")
-    else:
-        config = folder / "config.json"
-        if not config.is_file():
-            raise PhotonError(f"checkpoint {folder}: no photon.yaml or config.json; expected a Photon checkpoint folder")
-        wrapped, model_type = None, json.loads(config.read_text()).get("model_type")
-    if model_type != spec.model_type or (wrapped is not None and wrapped != backbone):
-        raise PhotonError(
-            f"checkpoint {folder} wraps {wrapped or 'a model'} ({model_type}), not the backbone {backbone} "
-            f"({spec.model_type}); drop --backbone to use the checkpoint's own, or pass the matching one"
-        )
-
-
-def local_source(source: str) -> Path | None:
-    """The folder holding the weights of `source`: itself when it is a folder, the Hugging Face
-    cache's snapshot for a registered hub backbone already downloaded, else None (built in memory)."""
-    if Path(source).is_dir():
-        return Path(source)
-    spec = plugins.backbones().get(source)
-    hub_id = spec.obj.source if spec is not None else (source if looks_like_hub_id(source) else None)
-    if hub_id is None:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(hub_id, local_files_only=True))
-    except Exception:
-        return None
-
-
-def decoder_layers(source: str) -> int | None:
-    """The decoder's layer count from a registered backbone, or a folder's (or cached hub id's)
-    config.json, without loading weights; None when it cannot be told cheaply."""
-    registered = plugins.backbones().get(source)
-    if registered is not None and registered.obj.num_layers is not None:
-        return registered.obj.num_layers
-    folder = local_source(source)
-    config = folder / "config.json" if folder is not None else None
-    if config is None or not config.is_file():
-        return None
-    raw = json.loads(config.read_text())
-    text = raw.get("text_config") or raw
-    return text.get("num_hidden_layers")
-
-
-def looks_like_hub_id(source: str) -> bool:
-    """owner/name, as the Hugging Face hub names models (not a path that happens to be missing)."""
-    import re
-
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not source.startswith(".")
 
 
 def open_model(
@@ -109,58 +37,19 @@ def open_model(
     attn_implementation: str | None = None,
     pruner: str = "photon",
     allow_weight_mismatch: bool = False,
+    backbone_only: bool = False,
 ) -> Opened:
-    """Load and wrap: `checkpoint_dir` (a Photon checkpoint or model folder) or `backbone` (a
-    registered name or a model folder). Given both, the checkpoint must wrap that backbone."""
-    import time
-
-    import photon
-
+    """The commands' and plugins' way in: `checkpoint_dir` (a Photon checkpoint, training run or
+    model folder) or `backbone` (a registered name, hub id or model folder) as one OpenRequest for
+    photon.opening.open_model. Given both, the checkpoint must wrap that backbone."""
     if not backbone and not checkpoint_dir:
         raise PhotonError("give --backbone NAME (see `photon plugins`) or --checkpoint DIR")
-    if checkpoint_dir:
-        from photon.training.state import resolve_checkpoint
-
-        folder = resolve_checkpoint(checkpoint_dir)  # a run folder or the `latest` pointer: its newest checkpoint
-        if not folder.is_dir():
-            raise PhotonError(f"checkpoint {checkpoint_dir}: no such folder")
-        checkpoint_dir = str(folder)
-        if backbone:
-            check_backbone_matches(folder, backbone)
-        source = checkpoint_dir
-    else:
-        source = backbone
-        if source not in plugins.backbones() and not Path(source).is_dir() and not looks_like_hub_id(source):
-            backbone_spec(source)  # the error lists the known names
-    from photon.adapters.hub_folder import check_attention
-
-    check_attention(attn_implementation)
-    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if allow_weight_mismatch:
-        options["allow_weight_mismatch"] = True
-    started = time.perf_counter()
-    loaded = photon.load(source, mode=mode, overrides=overrides, **options)
-    model = loaded.model
-    if pruner != "photon":  # a baseline selects instead, in the same runtime
-        photon.attach(model, pruner=pruner, mode=mode or "zero_shot", **(overrides or {}))
-    if dtype not in (None, "auto"):
-        model.to(getattr(torch, dtype))
-    model.to(resolve_device(device))
-    return Opened(loaded, local_source(source), time.perf_counter() - started)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise PhotonError(f"--device {device}: not a device name; expected auto, cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PhotonError(f"--device {device}: this machine has no CUDA device; use cpu (or auto)")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise PhotonError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return resolved
+    request = OpenRequest(
+        checkpoint_dir or backbone, backbone=backbone if checkpoint_dir else None, mode=mode, pruner=pruner,
+        overrides=dict(overrides or {}), device=device or "auto", dtype=dtype, attn_implementation=attn_implementation,
+        allow_weight_mismatch=allow_weight_mismatch, backbone_only=backbone_only,
+    )
+    return opening.open_model(request)
 
 
 def spec_of(loaded: Loaded):

@@ -159,11 +159,11 @@ def saved_checkpoint(tmp_path_factory):
     "argv, message",
     [
         (["--backbone", "qwen2.5-vl-tiny", "--input", "{missing}", "--question", "q"], "no such file or folder"),
-        (["--backbone", "qwen9-vl", "--question", "q", "--input", "{volume}"], "unknown backbone 'qwen9-vl'; known: "),
+        (["--backbone", "qwen9-vl", "--question", "q", "--input", "{volume}"], "unknown backbone 'qwen9-vl': not a registered name ("),
         (["--backbone", "qwen2.5-vl-tiny", "--input", "{volume}", "--question", "   "], "the question is empty"),
         (["--backbone", "qwen3-vl-tiny", "--checkpoint", "{checkpoint}", "--input", "{volume}", "--question", "q"],
          "wraps qwen2.5-vl-tiny (qwen2_5_vl), not the backbone qwen3-vl-tiny"),
-        (["--checkpoint", "{missing}"], "no such folder"),
+        (["--checkpoint", "{missing}"], "no such file or folder"),
         (["--backbone", "qwen2.5-vl-tiny", "--save", "{checkpoint}2", "--link"], "--link needs weights in a local folder"),
         (["--backbone", "qwen2.5-vl-tiny", "not_a_setting=1"], "unknown selection setting(s) not_a_setting"),
     ],

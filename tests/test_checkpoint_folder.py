@@ -171,3 +171,11 @@ def test_a_folder_from_another_transformers_release_is_named_before_loading(tmp_
 
     with pytest.warns(UserWarning, match=f"written with transformers 4.51.3, this is {re.escape(transformers.__version__)}"):
         checkpoint.read_meta(folder)
+    # A release inside the tested range reads the same names: no warning.
+    meta["versions"]["transformers"] = "5.16.1"
+    (folder / "photon.yaml").write_text(yaml.safe_dump(meta))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpoint.read_meta(folder)

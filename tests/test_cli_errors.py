@@ -46,8 +46,8 @@ BAD = [
     (["attach", "--backbone", "qwen2.5-vl-tiny", "--keep-ratio", "nan"], r"keep_ratio=nan: expected a fraction"),
     (["attach", "--backbone", "qwen2.5-vl-tiny", "--theta", "-0.1"], r"theta=-0.1: expected a threshold .* \[0, 1\]"),
     (["attach", "--backbone", "qwen2.5-vl-tiny", "--keep-ratio", "0.5", "--theta", "0.3"], r"both choose the kept tokens; give one"),
-    (["attach", "--backbone", "qwen2.5-vl-tiny", "--layer", "7"], r"--layer 7 is outside qwen2.5-vl-tiny's 8 decoder layers: choose 0..6"),
-    (["attach", "--backbone", "qwen3-vl-tiny", "--layer", "-3"], r"layer=-3: expected a decoder layer index"),
+    (["attach", "--backbone", "qwen2.5-vl-tiny", "--layer", "7"], r"layer=7: outside qwen2.5-vl-tiny's 8 decoder layers; choose -1\.\.6"),
+    (["attach", "--backbone", "qwen3-vl-tiny", "--layer", "-3"], r"layer=-3: outside the decoder layers; choose -1 or above"),
     (["attach", "--backbone", "qwen2.5-vl-tiny", "cache=everything"], r"selection.cache='everything': expected evict_all or keep_early"),
     (["config", "selection.keep_ratio=-1"], r"selection.keep_ratio=-1.0: expected a fraction in \(0, 1\]"),
     (["config", str(ROOT / "configs/train/phase2.yaml"), "run.save_every=0"], r"run.save_every=0: expected a whole number of at least 1"),
@@ -64,12 +64,12 @@ BAD = [
 def test_each_bad_value_exits_2_with_one_line_before_loading(capsys, monkeypatch, argv, message):
     import re
 
-    import photon.core.api as api  # photon.load and the commands reach the loader through this module
+    import photon.opening as opening  # every front end reaches the weights through open_source
 
     def no_loading(*_, **__):
         raise AssertionError("the model was loaded before the value was checked")
 
-    monkeypatch.setattr(api, "load", no_loading)
+    monkeypatch.setattr(opening, "open_source", no_loading)
     code, out, err = run(capsys, *argv)
     assert code == 2, (argv, out, err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -132,7 +132,10 @@ def test_eval_says_what_it_left_out(data, tmp_path, capsys):
                                  "meta": {"answer_type": "CLOSED", "lang": "en"}}) + "\n"
                      + json.dumps({"id": "b", "benchmark": "slake", "answer": "no"}) + "\n")
     code, _, err = run(capsys, "eval", "--pred", str(preds), "--no-bertscore", "--resamples", "5")
-    assert code == 0 and "left out 1 bad record(s) and 0 reference record(s) without a prediction" in err
+    assert code == 1 and "left out 1 bad record(s) and 0 reference record(s) without a prediction" in err
+    assert (tmp_path / "p_eval" / "report.json").is_file()  # the report is written all the same
+    code, _, err = run(capsys, "eval", "--pred", str(preds), "--no-bertscore", "--resamples", "5", "--allow-missing")
+    assert code == 0 and "left out 1 bad record(s)" in err
     code, _, err = run(capsys, "eval", "--pred", str(preds), "--no-bertscore", "--resamples", "5", "--strict")
     assert code == 2 and "b" in err
 

@@ -214,7 +214,7 @@ def test_flash_attention_without_the_package_and_a_layer_outside_the_model_exit_
         code, err = _run_cli(["attach", "--backbone", "qwen2.5-vl-tiny", "--attn", "flash_attention_2"], capsys)
         assert code == 2 and "needs the flash-attn package" in err and len(err.splitlines()) == 1
     code, err = _run_cli(["attach", "--backbone", "qwen2.5-vl-tiny", "--layer", "8"], capsys)
-    assert code == 2 and "--layer 8" in err and "0..6" in err and len(err.splitlines()) == 1
+    assert code == 2 and "layer=8: outside qwen2.5-vl-tiny's 8 decoder layers; choose -1..6" in err and len(err.splitlines()) == 1
 
 
 def test_release_folder_prompt_uses_the_release_template_and_volume_geometry(tmp_path):

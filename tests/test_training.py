@@ -177,15 +177,18 @@ def test_checkpoint_loads_as_a_photon_model_and_old_ones_are_pruned(tmp_path):
 
 def test_checkpoint_accepts_the_run_folder_and_the_latest_pointer(tmp_path, capsys):
     from photon.cli import main
-    from photon.training.state import resolve_checkpoint
+    from photon.opening import resolve_source
 
     records = write_records(tmp_path, n=2)
     cfg = config(tmp_path, records, "run.max_steps=2", "run.save_every=1", "run.keep_last=2")
     train(cfg)
     out = Path(cfg.run.output_dir)
     newest = out / "checkpoints" / "step-00000002"
-    for given in (out, out / "checkpoints", out / "checkpoints" / "latest", newest):
-        assert resolve_checkpoint(given) == newest
+    kinds = {out: "run_folder", out / "checkpoints": "run_folder", out / "checkpoints" / "latest": "pointer",
+             newest: "photon_checkpoint"}
+    for given, kind in kinds.items():
+        source = resolve_source(str(given))
+        assert (source.folder, source.kind, source.notes) == (newest, kind, ())
     capsys.readouterr()  # what training printed
     for given in (out, out / "checkpoints" / "latest"):
         assert main(["attach", "--checkpoint", str(given), "--json"]) == 0

@@ -39,6 +39,15 @@ def hub_cache() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def download_command(repo_id: str) -> str:
+    """The command this huggingface_hub ships for a download: `hf` (0.34 and later; huggingface_hub
+    2.x has no other), `huggingface-cli` before."""
+    import importlib.util
+
+    has_hf = importlib.util.find_spec("huggingface_hub.cli.hf") is not None
+    return f"{'hf' if has_hf else 'huggingface-cli'} download {repo_id}"
+
+
 def resolve(source: str, *, alias: str | None = None) -> Path:
     """A local folder as it is; a hub id through the Hugging Face cache (offline with
     HF_HUB_OFFLINE=1), as from_pretrained resolves it."""
@@ -60,7 +69,7 @@ def resolve(source: str, *, alias: str | None = None) -> Path:
         why = "not in the cache and HF_HUB_OFFLINE is set" if offline else f"not cached and not reachable ({type(exc).__name__})"
         raise PhotonError(
             f"{named}: {why}; looked in the Hugging Face cache {hub_cache()}. Download it where there is "
-            f"network (huggingface-cli download {source}), or pass its local folder as --backbone DIR"
+            f"network ({download_command(source)}), or pass its local folder as --backbone DIR"
         ) from exc
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from photon.core.config import SelectionConfig, check_selection, load_config
+from photon import opening
+from photon.core.config import SelectionConfig, load_config
 from photon.core.errors import PhotonError
 from photon.inference import DEFAULT_MAX_NEW_TOKENS
 from photon.modalities.config import DataConfig
-from photon.wrapping import Opened, decoder_layers, media_options, open_model
+from photon.opening import OpenRequest, Opened
+from photon.wrapping import media_options
 
 MODALITIES = ("ct", "frames", "video")
 
@@ -39,6 +42,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="cast the model after loading (default: as stored)")
     model.add_argument("--attn", dest="attn_implementation", choices=("sdpa", "eager", "flash_attention_2"),
                        help="attention implementation: sdpa (default), eager, flash_attention_2 (needs the flash extra)")
+    model.add_argument("--backbone-only", action="store_true",
+                       help="open a Photon checkpoint's backbone without its trained head (zero-shot selection), e.g. "
+                            "when the head's file is missing or damaged")
     model.add_argument("--allow-weight-mismatch", action="store_true",
                        help="load a folder whose weights lack some of the model's or hold unknown ones (left random / "
                             "dropped, with a warning); by default that is an error naming the keys")
@@ -74,52 +80,35 @@ def loader_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return given
 
 
-def check_model_arguments(args: argparse.Namespace) -> None:
-    """Cheap checks before the (slow) model load."""
-    from photon.core import plugins
+def request_from(args: argparse.Namespace) -> OpenRequest:
+    """The arguments as the one plain request every front end hands photon.opening."""
+    if not args.backbone and not args.checkpoint:
+        raise PhotonError("give --backbone NAME (see `photon plugins`) or --checkpoint DIR")
+    return OpenRequest(
+        args.checkpoint or args.backbone, backbone=args.backbone if args.checkpoint else None, mode=args.mode,
+        pruner=args.pruner, overrides=selection_overrides(args), device=args.device, dtype=args.dtype,
+        attn_implementation=args.attn_implementation, allow_weight_mismatch=args.allow_weight_mismatch,
+        backbone_only=args.backbone_only,
+    )
 
-    known = plugins.pruners()
-    if args.pruner not in known:
-        raise PhotonError(f"unknown pruner {args.pruner!r}; known: {', '.join(sorted(known))}")
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Cheap checks before the (slow) model load: names, types and ranges of every setting, the
+    layer against the model's own decoder (read from its config, no weights)."""
     if args.max_new_tokens < 1:
         raise PhotonError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     loader_overrides(args)
-    check_selection(selection_overrides(args), "selection")
-    for flag, value in (("--keep-ratio", args.keep_ratio), ("--theta", args.theta)):
-        if value is not None and value != value:
-            raise PhotonError(f"{flag} nan: expected a number")
-    if args.keep_ratio is not None and args.theta is not None:
-        raise PhotonError(f"--keep-ratio {args.keep_ratio} and --theta {args.theta} both choose the kept tokens; give one")
-    if args.layer is not None:
-        check_layer(args.layer, args.checkpoint or args.backbone)
-    from photon.wrapping import resolve_device
-
-    resolve_device(args.device)  # a device this machine lacks is named before loading
-
-
-def check_layer(layer: int, source: str | None) -> None:
-    """--layer within the model's decoder, read from its config without loading the weights."""
-    if source is None:
-        return
-    count = decoder_layers(source)
-    if count is not None and not 0 <= layer <= count - 2:
-        raise PhotonError(
-            f"--layer {layer} is outside {source}'s {count} decoder layers: choose 0..{count - 2} "
-            "(its output is pruned, so the last layer would save nothing)"
-        )
+    request = request_from(args)
+    opening.check_request(request)
+    if request.overrides.get("layer") is not None:
+        source = opening.resolve_source(request.source, backbone=request.backbone, verify=False)
+        opening.check_request(request, source)
+    opening.resolve_device(args.device)  # a device this machine lacks is named before loading
 
 
 def open_from(args: argparse.Namespace) -> tuple[Opened, dict[str, dict[str, Any]]]:
     """The wrapped model the arguments describe, and the loader options that fit it."""
-    opened = open_model(
-        args.backbone,
-        args.checkpoint,
-        mode=args.mode,
-        overrides=selection_overrides(args),
-        device=args.device,
-        dtype=args.dtype,
-        attn_implementation=args.attn_implementation,
-        pruner=args.pruner,
-        allow_weight_mismatch=args.allow_weight_mismatch,
-    )
+    opened = opening.open_model(request_from(args))
+    for note in opened.resolved.notes:  # what resolving the source decided, e.g. an older checkpoint than `latest`
+        print(f"photon: {opened.resolved.given}: {note}", file=sys.stderr)
     return opened, media_options(opened.loaded, loader_overrides(args))

@@ -1,4 +1,5 @@
-"""photon.attach / detach / last_selection / load: wrap a loaded Qwen-VL model in place."""
+"""photon.attach / detach / last_selection: wrap a loaded Qwen-VL model in place (photon.load, which opens a
+model first, is photon.opening.load)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from photon.core import plugins
-from photon.core.config import PhotonConfig, SelectionConfig, SGPConfig
+from photon.core.config import PhotonConfig, SelectionConfig, SGPConfig, check_selection
 from photon.core.errors import PhotonError
 from photon.core.runtime import PhotonRuntime
 
@@ -59,6 +60,7 @@ def attach(
     unknown = set(overrides) - _SELECTION_KEYS
     if unknown:
         raise PhotonError(f"unknown override(s) {sorted(unknown)}; known: {', '.join(sorted(_SELECTION_KEYS))}")
+    check_selection(overrides, "attach")
     if mode not in ("trained", "zero_shot"):
         raise PhotonError(f"mode must be 'trained' or 'zero_shot', got {mode!r}")
     if getattr(model, "_photon", None) is not None:
@@ -120,85 +122,3 @@ def spec_for_model_type(model_type: str):
         if registered.obj.model_type == model_type and registered.obj.load_folder is not None:
             return registered.obj
     raise PhotonError(f"no registered backbone loads model_type {model_type!r}; see `photon plugins`")
-
-
-def load(
-    source: str,
-    *,
-    backbone: str | None = None,
-    mode: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    **options,
-) -> Any:
-    """Load a registered backbone, a Hugging Face folder, or a Photon checkpoint folder, and attach Photon.
-
-    Returns photon.adapters.base.Loaded. A Photon checkpoint folder (photon.yaml) rebuilds the
-    wrapped model it describes; a folder with released Photon weights attaches in trained mode
-    at the checkpoint's layer; anything else attaches in zero-shot mode unless `mode` says so.
-    overrides are SelectionConfig fields applied over what the source says (as in attach).
-    """
-    from pathlib import Path
-
-    from photon.core import checkpoint
-
-    overrides = dict(overrides or {})
-    if Path(source).exists():  # a training run, or its checkpoints/latest pointer: the newest checkpoint
-        from photon.training.state import resolve_checkpoint
-
-        source = str(resolve_checkpoint(source))
-
-    if checkpoint.is_photon_folder(source):
-        meta = checkpoint.read_meta(source)
-        spec = spec_for_model_type(meta["model_type"])
-        loaded = spec.load_folder(source, **options)
-        loaded.backbone = meta.get("backbone", loaded.backbone)
-        if not meta.get("attached"):
-            return loaded
-        checkpoint.check_compatible(meta, loaded.model, Path(source))
-        saved = meta["photon"]["selection"]
-        overrides = {**{k: v for k, v in saved.items() if k != "mode"}, **overrides}
-        config = PhotonConfig(selection=SelectionConfig(**saved), sgp=SGPConfig(**meta["photon"]["sgp"]))
-        attach(
-            loaded.model,
-            mode=mode or saved["mode"],
-            pruner=meta.get("pruner", "photon"),
-            config=config,
-            pruner_state=checkpoint.load_photon_weights(source),
-            **overrides,
-        )
-        return loaded
-    name = backbone or (source if source in plugins.backbones() else None)
-    if name is not None:
-        spec = backbone_spec(name)
-        loaded = spec.load(None if source == name else source, **options)
-    else:
-        from photon.adapters.hub_folder import read_json, resolve
-
-        folder = resolve(source)  # a local folder, or a hub id through the Hugging Face cache
-        raw = folder / "config.json"
-        if not raw.is_file():
-            raise PhotonError(f"{source}: no config.json; expected a Qwen-VL checkpoint folder or a Photon checkpoint")
-        label = {} if Path(source).is_dir() else {"backbone": source}
-        loaded = spec_for_model_type(read_json(raw).get("model_type")).load_folder(str(folder), **label, **options)
-    weights = loaded.photon
-    overrides = {**({"layer": weights["layer"]} if weights else {}), **overrides}
-    if weights is None and mode is None and is_photon_embedding(loaded.model) and not _SELECTING.intersection(overrides):
-        # Photon-S1 (3D embedding, no threshold predictor): the authors evaluate it unpruned.
-        overrides["keep"] = "all"
-    attach(
-        loaded.model,
-        backbone=name,
-        mode=mode or ("trained" if weights else "zero_shot"),
-        pruner_state=weights["state"] if weights else None,
-        **overrides,
-    )
-    return loaded
-
-
-# Overrides that ask for a selection, so a model without a predictor still prunes when given one.
-_SELECTING = {"keep", "keep_ratio", "theta", "rule"}
-
-
-def is_photon_embedding(model) -> bool:
-    """The model takes volumes through Photon's grey 3D patch embedding (Photon-S1/S2, phase-1 output)."""
-    return getattr(model.config.vision_config, "in_channels", 3) == 1

@@ -13,6 +13,7 @@ Written into a temporary sibling and renamed, so a folder is either complete or 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,12 +25,15 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from photon.core import compat
+from photon.core.digests import Digests
 from photon.core.errors import PhotonError
 from photon.core.pruners import pruner_rule
 
 FORMAT = 1
 META_FILE = "photon.yaml"
 WEIGHTS_FILE = "photon.safetensors"
+MANIFEST_FILE = "manifest.json"  # a training checkpoint's SHA-256 of every file (photon.training.state)
 _PRUNER_PREFIX = "photon_pruner."
 # Image/video processor settings (normalisation, patch geometry) that the tokenizer does not save.
 PROCESSOR_FILES = (
@@ -215,11 +219,12 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         )
     written = (meta.get("versions") or {}).get("transformers")
     running = versions()["transformers"]
-    if written and str(written).split(".")[:2] != running.split(".")[:2]:
+    if written and compat.in_range(str(written), compat.TESTED_TRANSFORMERS) is False:
         # Said before loading: a model class that changed between versions fails with shape or key errors.
         warnings.warn(
-            f"{folder} was written with transformers {written}, this is {running}; Photon supports the range pinned "
-            f"in its pyproject.toml. If loading fails, load it where transformers {written} is installed and re-save.",
+            f"{folder} was written with transformers {written}, this is {running}; Photon's checkpoints are tested across "
+            f"transformers{compat.TESTED_TRANSFORMERS}. If loading fails, load it where transformers {written} is "
+            "installed and re-save.",
             stacklevel=2,
         )
     return meta
@@ -244,3 +249,62 @@ def load_photon_weights(folder: str | Path) -> dict[str, torch.Tensor] | None:
 
     path = Path(folder) / WEIGHTS_FILE
     return load_file(str(path)) if path.is_file() else None
+
+
+# -- integrity ----------------------------------------------------------------------------
+def check_safetensors(path: Path) -> None:
+    """A weight file whose header does not parse, or whose data does not cover what the header
+    declares (a truncated copy), is a one-line error naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:  # SafetensorError, OSError: the file is unusable either way
+        detail = str(exc).removeprefix("Error while deserializing header: ")
+        raise PhotonError(f"{path}: not a readable safetensors file ({detail}); it is truncated or corrupt, "
+                          "copy or download it again") from exc
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json: the SHA-256 of every file the checkpoint holds (symlinked shards by content)."""
+    with Digests() as digests:  # the files just written: their digests are cached for the first load
+        files = {str(p.relative_to(folder)): digests.file(p) for p in _files_under(folder)}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"sha256": files}, indent=1, sort_keys=True))
+
+
+# What loading a checkpoint reads: its manifest is checked for these only (not the optimiser state).
+TRAINING_STATE = ("deepspeed/", "rng/")
+
+
+def verify_manifest(folder: Path, *, purpose: str = "load it", skip: tuple[str, ...] = ()) -> None:
+    """Refuse a checkpoint whose files differ from what its manifest recorded (changed, missing or
+    added). Loading reads safetensors only, but a changed weight would answer without a word; resuming
+    unpickles DeepSpeed's optimiser state, so a swapped file there would run code. Digests of unchanged
+    files (same size and mtime) are cached under PHOTON_CACHE, so large weights are hashed once.
+    skip: path prefixes this use does not read (loading skips TRAINING_STATE)."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise PhotonError(
+            f"{folder}: no {MANIFEST_FILE}; it was not written by this Photon's trainer (or is incomplete), so "
+            f"nothing vouches for its files. To {purpose} anyway, start from its weights alone: model.checkpoint={folder} "
+            "(that reads only safetensors)"
+        )
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PhotonError(f"{path}: not a readable checkpoint manifest ({exc})") from exc
+    recorded = {name: digest for name, digest in recorded.items() if not name.startswith(skip)}
+    present = {name for name in (str(p.relative_to(folder)) for p in _files_under(folder)) if not name.startswith(skip)}
+    missing = sorted(set(recorded) - present)
+    extra = sorted(present - set(recorded))
+    with Digests() as digests:
+        changed = sorted(name for name in set(recorded) & present if digests.file(folder / name) != recorded[name])
+    problems = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                for label, names in (("changed", changed), ("missing", missing), ("not in the manifest", extra)) if names]
+    if problems:
+        raise PhotonError(f"{folder}: files do not match {MANIFEST_FILE} ({'; '.join(problems)}); refusing to {purpose}")

@@ -115,9 +115,23 @@ def check_selection(selection: Any, where: str = "selection") -> None:
     tau = get("tau", 0.2)
     if tau is not None and not tau > 0:
         raise bad("tau", "a temperature above 0")
-    layer = get("layer")
-    if layer is not None and layer < -1:
-        raise bad("layer", "a decoder layer index (0-based), or -1 before the first layer")
+    check_layer(get("layer"), None, where=where)
+
+
+def check_layer(layer: Any, num_layers: int | None, name: str = "the model", where: str = "selection") -> None:
+    """The one selection-layer rule everywhere (CLI, Python API, lmms-eval, ms-swift): a whole number
+    in -1..L-2, -1 being before the first decoder layer; the last layer's output is not pruned (it
+    would save nothing). num_layers None: only what can be told without the model."""
+    if layer is None:
+        return
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise PhotonError(f"{where}.layer={layer!r}: expected a whole decoder-layer index (0-based), not a {type(layer).__name__}")
+    upper = None if num_layers is None else num_layers - 2
+    if layer < -1 or (upper is not None and layer > upper):
+        of = f"{name}'s {num_layers} decoder layers" if num_layers is not None else "the decoder layers"
+        choose = f"-1..{upper}" if upper is not None else "-1 or above"
+        raise PhotonError(f"{where}.layer={layer}: outside {of}; choose {choose} (-1: before the first layer; "
+                          "the last layer's output is not pruned)")
 
 
 def load_config(

@@ -25,7 +25,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from photon.core import compat, plugins
-from photon.core.config import SelectionConfig, SGPConfig
+from photon.core.config import SelectionConfig, SGPConfig, check_layer
 from photon.core.errors import PhotonError
 from photon.core.its import enforce_min_keep
 from photon.core.losses import IGNORE_INDEX, answer_window, causal_lm_loss
@@ -137,8 +137,7 @@ class PhotonRuntime:
             raise PhotonError("Photon supports full-attention decoders only (use_sliding_window must be false)")
         self.num_layers = len(text_model.layers)
         self.layer = self.pruner.layer_for(self.num_layers)
-        if not -1 <= self.layer < self.num_layers - 1:
-            raise PhotonError(f"selection layer {self.layer} must lie in -1..{self.num_layers - 2} (pruning the last layer's output saves nothing)")
+        check_layer(self.layer, self.num_layers, f"this {self.adapter.family} model")
         if getattr(self.pruner, "needs_vision_attention", False):
             capture = getattr(self.adapter, "capture_vision_attention", None)
             if capture is None:

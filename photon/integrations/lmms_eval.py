@@ -93,6 +93,10 @@ class PhotonLMMS(lmms):
         opened = open_model(backbone, checkpoint, mode=mode, overrides=overrides, device=device, dtype=dtype,
                             attn_implementation=attn, pruner=pruner)
         self.loaded = opened.loaded
+        for note in opened.resolved.notes:
+            import warnings
+
+            warnings.warn(f"photon (lmms-eval): {opened.resolved.given}: {note}", stacklevel=2)
         self.options = media_options(self.loaded, _media_overrides(media))
         self._batch_size = int(batch_size)
         if self._batch_size < 1:

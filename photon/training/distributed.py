@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# What init_distributed may write into os.environ when no launcher did.
+_ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,22 @@ def init_distributed() -> World:
     if cuda:
         torch.cuda.set_device(device)
     return World(dist.get_rank(), local_rank, dist.get_world_size(), device)
+
+
+@contextlib.contextmanager
+def environment_kept():
+    """Inside, init_distributed may set RANK, MASTER_PORT ... for a launcher-less run; on the way out
+    they are as they were, so a later run in the same process (a notebook) or a subprocess it starts
+    does not inherit this run's rank and port. The process group itself stays: a later run joins it."""
+    before = {key: os.environ.get(key) for key in _ENV_KEYS}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def barrier() -> None:

@@ -28,7 +28,7 @@ from photon.core.errors import PhotonError
 from photon.training.distributed import World, barrier
 
 STATE_FILE = "trainer_state.json"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = photon_checkpoint.MANIFEST_FILE
 # What makes an output folder hold a run: a second run there without --resume or --overwrite is refused.
 RUN_FILES = ("log.jsonl", "config.yaml", "checkpoints")
 
@@ -108,7 +108,7 @@ def save(
     if world.main:
         photon_checkpoint.write_folder(model, tokenizer, partial, backbone=backbone, state_dict=full_state)
         (partial / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
-        write_manifest(partial)
+        photon_checkpoint.write_manifest(partial)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -134,50 +134,6 @@ def _step_of(folder: Path) -> int:
         return int(folder.name.split("-", 1)[1])
     except (IndexError, ValueError):
         return -1
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
-
-
-def write_manifest(folder: Path) -> None:
-    """manifest.json: the SHA-256 of every file the checkpoint holds (symlinked shards by content)."""
-    files = {str(p.relative_to(folder)): _sha256(p) for p in _files_under(folder)}
-    (folder / MANIFEST_FILE).write_text(json.dumps({"sha256": files}, indent=1, sort_keys=True))
-
-
-def verify_manifest(folder: Path) -> None:
-    """Refuse a checkpoint whose files differ from what its manifest recorded: DeepSpeed unpickles
-    the optimiser state (torch.load with weights_only=False), so a swapped file would run code."""
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise PhotonError(
-            f"{folder}: no {MANIFEST_FILE}; it was not written by this Photon's trainer (or is incomplete), so "
-            "resuming would unpickle files nobody vouched for. Start a new run from it with model.checkpoint="
-            f"{folder} instead (that reads only safetensors)"
-        )
-    try:
-        recorded = json.loads(path.read_text())["sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PhotonError(f"{path}: not a readable checkpoint manifest ({exc})") from exc
-    present = {str(p.relative_to(folder)) for p in _files_under(folder)}
-    missing = sorted(set(recorded) - present)
-    extra = sorted(present - set(recorded))
-    changed = sorted(name for name in set(recorded) & present if _sha256(folder / name) != recorded[name])
-    problems = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
-                for label, names in (("changed", changed), ("missing", missing), ("not in the manifest", extra)) if names]
-    if problems:
-        raise PhotonError(f"{folder}: files do not match {MANIFEST_FILE} ({'; '.join(problems)}); refusing to resume from it")
 
 
 def holds_run(output_dir: str | Path) -> list[str]:
@@ -207,36 +163,28 @@ def truncate_log(path: Path, micro_step: int) -> None:
     _write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """What a user may pass for a training run's checkpoint: the run folder (its newest complete
-    checkpoint), OUT/checkpoints (likewise), the OUT/checkpoints/latest pointer file, or a
-    checkpoint folder itself. Anything else is returned as it is."""
-    path = Path(path)
-    if path.is_file() and path.name == "latest":  # OUT/checkpoints/latest
-        return latest(path.parent.parent)
-    if path.is_dir() and (path / "checkpoints" / "latest").is_file():  # OUT
-        return latest(path)
-    if path.is_dir() and path.name == "checkpoints" and (path / "latest").is_file():  # OUT/checkpoints
-        return latest(path.parent)
-    return path
-
-
-def latest(output_dir: str | Path) -> Path | None:
+def latest_complete(output_dir: str | Path) -> tuple[Path, tuple[str, ...]]:
+    """The checkpoint a run folder's `latest` names, or, when that one is missing or incomplete (deleted
+    by hand, cut short), the newest complete one, with a note saying so. No complete one is an error."""
     root = checkpoints_dir(output_dir)
     pointer = root / "latest"
-    if not pointer.is_file():
-        return None
-    folder = root / pointer.read_text().strip()
-    if not (folder / STATE_FILE).is_file():
-        raise PhotonError(f"{pointer} names {folder.name}, which is incomplete; remove the pointer to restart")
-    return folder
+    named = pointer.read_text().strip() if pointer.is_file() else None
+    if named and (root / named / STATE_FILE).is_file():
+        return root / named, ()
+    complete = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")
+                       and (p / STATE_FILE).is_file()), key=_step_of)
+    why = f"{pointer} names {named}, which is {'incomplete' if (root / named).exists() else 'missing'}" if named else \
+        f"{root} has no latest pointer"
+    if not complete:
+        raise PhotonError(f"{why}, and no other complete checkpoint (step-*/ with {STATE_FILE}) is there; start a new run")
+    return complete[-1], (f"{why}; using the newest complete checkpoint, {complete[-1].name}",)
 
 
 def restore(engine, folder: Path, world: World) -> dict[str, Any]:
     """Load optimiser, scheduler, module and RNG state; returns trainer_state.json.
 
     The manifest is checked first, on every rank, before any file is unpickled."""
-    verify_manifest(folder)
+    photon_checkpoint.verify_manifest(folder, purpose="resume from it")
     load_path, _ = engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_module_strict=False)
     if load_path is None:
         raise PhotonError(f"{folder}: DeepSpeed found no state under {folder / 'deepspeed'}")

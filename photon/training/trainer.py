@@ -12,6 +12,7 @@ import fnmatch
 import json
 import math
 import resource
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from photon.core.errors import PhotonError
 from photon.core.schedule import BatchPlan, Schedule, batch_generator, plan_batch, robust_augment
 from photon.training import state as checkpoints
 from photon.training.config import TrainConfig
-from photon.training.distributed import World, init_distributed
+from photon.training.distributed import World, environment_kept, init_distributed
 
 PIXEL_KEYS = ("pixel_values", "pixel_values_videos")
 MODEL_INPUT_KEYS = (
@@ -156,20 +157,16 @@ class Run:
 
 
 def _load_backbone(cfg: TrainConfig, device: torch.device):
-    import photon
-    from photon.core import checkpoint
-    from photon.core.api import backbone_spec
+    """model.checkpoint (a Photon checkpoint, run or pointer: as saved; a model or release folder:
+    in trained mode) or model.backbone (a registered name: the stock model, attached later)."""
+    from photon.opening import OpenRequest, open_source, resolve_source
 
-    source = str(checkpoints.resolve_checkpoint(cfg.model.checkpoint)) if cfg.model.checkpoint else cfg.model.backbone
-    options = {}
-    if cfg.model.attn_implementation:
-        options["attn_implementation"] = cfg.model.attn_implementation
-    if cfg.model.checkpoint and checkpoint.is_photon_folder(source):
-        loaded = photon.load(source, **options)
-    elif Path(source).is_dir():
-        loaded = photon.load(source, mode="trained", **options)
-    else:
-        loaded = backbone_spec(source).load(None, **options)
+    text = cfg.model.checkpoint or cfg.model.backbone
+    source = resolve_source(text)
+    mode = None if source.meta is not None else "trained"
+    request = OpenRequest(text, mode=mode, attn_implementation=cfg.model.attn_implementation or None,
+                          attach=source.kind != "alias")
+    loaded = open_source(source, request)
     loaded.model.to(device)
     return loaded
 
@@ -424,8 +421,9 @@ def check_output_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None
         raise PhotonError("--resume and --overwrite contradict each other; give one")
     found = checkpoints.holds_run(out)
     if resume:
-        if checkpoints.latest(out) is None:
+        if not checkpoints.checkpoints_dir(out).is_dir():
             raise PhotonError(f"--resume: no checkpoint under {checkpoints.checkpoints_dir(out)}; run without --resume to start")
+        checkpoints.latest_complete(out)  # none complete: said now, before anything loads
     elif found and not overwrite:
         raise PhotonError(
             f"run.output_dir {out} already holds a run ({', '.join(found)}); pass --resume to continue it, "
@@ -439,38 +437,41 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     from photon.training.distributed import barrier
 
     check_output_dir(cfg, resume=resume, overwrite=overwrite)
-    run = build_run(cfg)
-    out = Path(cfg.run.output_dir)
-    run.log_path = out / "log.jsonl"
-    if run.world.main and overwrite:
-        checkpoints.clear_run(out)
-    if resume:
-        folder = checkpoints.latest(out)
-        state = checkpoints.restore(run.engine, folder, run.world)
-        run.micro_step, run.opt_step = state["micro_step"], state["opt_step"]
+    with environment_kept():
+        run = build_run(cfg)
+        out = Path(cfg.run.output_dir)
+        run.log_path = out / "log.jsonl"
+        if run.world.main and overwrite:
+            checkpoints.clear_run(out)
+        if resume:
+            folder, notes = checkpoints.latest_complete(out)
+            for note in notes if run.world.main else ():
+                print(f"photon train: --resume: {note}", file=sys.stderr)
+            state = checkpoints.restore(run.engine, folder, run.world)
+            run.micro_step, run.opt_step = state["micro_step"], state["opt_step"]
+            if run.world.main:
+                checkpoints.truncate_log(run.log_path, run.micro_step)
         if run.world.main:
-            checkpoints.truncate_log(run.log_path, run.micro_step)
-    if run.world.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    barrier()
-    loader = torch.utils.data.DataLoader(
-        run.dataset,
-        batch_sampler=[indices for _, indices in _bounded(run)],
-        collate_fn=run.dataset.collate,
-        num_workers=cfg.data.num_workers,
-    )
-    bar = tqdm(total=cfg.run.max_steps, initial=run.opt_step, desc=f"phase {cfg.run.phase}", unit="step",
-               disable=not (cfg.run.progress and run.world.main))
-    for batch in loader:
-        stepped = _micro_step(run, batch)
-        if stepped:
-            bar.update(1)
-            if run.opt_step % cfg.run.save_every == 0 or run.opt_step == cfg.run.max_steps:
-                _save(run)
-        if run.opt_step >= cfg.run.max_steps:
-            break
-    bar.close()
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        barrier()
+        loader = torch.utils.data.DataLoader(
+            run.dataset,
+            batch_sampler=[indices for _, indices in _bounded(run)],
+            collate_fn=run.dataset.collate,
+            num_workers=cfg.data.num_workers,
+        )
+        bar = tqdm(total=cfg.run.max_steps, initial=run.opt_step, desc=f"phase {cfg.run.phase}", unit="step",
+                   disable=not (cfg.run.progress and run.world.main))
+        for batch in loader:
+            stepped = _micro_step(run, batch)
+            if stepped:
+                bar.update(1)
+                if run.opt_step % cfg.run.save_every == 0 or run.opt_step == cfg.run.max_steps:
+                    _save(run)
+            if run.opt_step >= cfg.run.max_steps:
+                break
+        bar.close()
     return run
 
 
