@@ -30,8 +30,10 @@ from photon.wrapping import rule_of
 
 PREDICTION_FIELDS = (
     "id", "benchmark", "meta", "reference", "answer", "backbone", "mode", "rule",
-    "n_visual", "n_kept", "keep_ratio", "theta", "prefill_s", "decode_s", "total_s", "settings",
+    "n_visual", "n_kept", "keep_ratio", "theta", "prefill_s", "decode_s", "total_s", "settings", "record",
 )
+# What a resumed run does with a kept prediction whose record changed (or left --data).
+ON_CHANGE = ("refuse", "redo")
 # Selection settings that change which tokens a run keeps (besides backbone, mode and rule).
 SELECTION_SETTINGS = ("keep_ratio", "theta", "keep", "min_keep", "tau", "cache", "rule")
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -227,13 +229,26 @@ def reference_of(messages: list[dict[str, str]]) -> str | None:
     return answers[-1] if answers else None
 
 
-def prediction_line(entry, result: Generated, run: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
-    """One line of a predictions file (docs/records.md), fields in its order."""
+def prediction_line(entry, result: Generated, run: dict[str, str], settings: dict[str, Any], record: str) -> dict[str, Any]:
+    """One line of a predictions file (docs/records.md), fields in its order. record: the record's
+    digest (record_digest), which a resumed run compares before reusing the line."""
     line = {
         "id": entry.id, "benchmark": entry.benchmark, "meta": entry.meta, "reference": reference_of(entry.messages),
-        "answer": result.answer, **run, **_counts_and_times(result), "settings": settings,
+        "answer": result.answer, **run, **_counts_and_times(result), "settings": settings, "record": record,
     }
     return {key: line[key] for key in PREDICTION_FIELDS}
+
+
+def record_digest(entry, digests) -> str:
+    """What the answer to a record depends on besides the run's settings: its messages (question and
+    reference), benchmark and meta, and the content of each medium (not its path, so moved data stays
+    done). digests: a photon.core.digests.Digests (file digests cached by size and mtime)."""
+    import hashlib
+
+    media = [[name, digests.content(path)] for name, path in entry.media]
+    text = json.dumps({"messages": entry.messages, "benchmark": entry.benchmark, "meta": entry.meta, "media": media},
+                      sort_keys=True, ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def run_settings(loaded: Loaded, *, prune: bool, max_new_tokens: int, media_options: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -262,27 +277,20 @@ def question_text(messages: list[dict[str, str]]) -> str:
     return TAG_PATTERN.sub("", users[-1]).strip() if users else ""
 
 
-def check_same_run(out: Path, first: dict[str, Any], run: dict[str, str], settings: dict[str, Any]) -> None:
-    """Refuse to append to predictions another run wrote: other backbone, mode, rule, or (for
-    files that record them) other settings."""
-    differ = [f"{k} {first.get(k)} -> {v}" for k, v in run.items() if first.get(k) != v]
-    recorded = first.get("settings")
+def _other_run(row: dict[str, Any], run: dict[str, str], settings: dict[str, Any]) -> list[str]:
+    """How a kept line's run differs from this one: backbone, mode, rule, settings."""
+    differ = [f"{k} {row.get(k)} -> {v}" for k, v in run.items() if row.get(k) != v]
+    recorded = row.get("settings")
     if isinstance(recorded, dict):
         differ += [f"{k} {recorded.get(k)} -> {v}" for k, v in settings.items() if recorded.get(k) != v]
-    if differ:
-        raise PhotonError(
-            f"{out} holds predictions from another run ({'; '.join(differ)}). "
-            "Pass --overwrite to start again, or write to another --out"
-        )
+    return differ
 
 
-def read_done(out: Path, report: Callable[[str], None], *, repair: bool = True) -> tuple[set[str], dict[str, Any] | None]:
-    """Ids already predicted in `out`, and the first line's run fields. A line cut short by an
-    interrupted run is reported and removed (the rest is rewritten atomically) when `repair`:
-    in a sharded run only the file's one writer repairs it."""
-    if not out.is_file():
-        return set(), None
-    text = out.read_text(encoding="utf-8")
+def read_rows(path: Path, report: Callable[[str], None]) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) of a predictions file; a line cut short by an interrupted run is reported and left out."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
     good, bad = [], []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -294,14 +302,70 @@ def read_done(out: Path, report: Callable[[str], None], *, repair: bool = True) 
             good.append((line, row))
         except ValueError:
             bad.append(n)
-    if bad and repair:
-        report(f"{out}: dropping {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:5]))}), likely cut short by an interrupted run")
-    if repair and (bad or (text and not text.endswith("\n"))):  # appending must start on a fresh line
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line, _ in good), encoding="utf-8")
-        os.replace(tmp, out)
-    first = good[0][1] if good else None
-    return {str(row["id"]) for _, row in good}, first
+    if bad:
+        report(f"{path}: dropping {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:5]))}), likely cut short by an interrupted run")
+    return good
+
+
+def part_files(out: Path) -> list[Path]:
+    """Every rank's part file of a sharded run into `out`, whatever process count wrote it."""
+    return sorted(out.parent.glob(f".{out.name}.part-*-of-*")) if out.parent.is_dir() else []
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def reconcile(out: Path, dataset, data: str | Path, run: dict[str, str], settings: dict[str, Any], *, on_change: str,
+              report: Callable[[str], None]) -> set[str]:
+    """Before a run (rank 0 of a sharded one): fold every part file an earlier run left, of any process
+    count, into `out`; keep a prediction only if it answers the record as it is now (same digest) with
+    this run's settings. Predictions of another run are refused (--overwrite starts again); changed
+    records and ids no longer in --data are refused too, or, with on_change "redo", dropped so they
+    are predicted again. Returns the ids kept."""
+    parts = [p for p in part_files(out) if not p.name.endswith((".stats.json", ".tmp"))]
+    rows: dict[str, tuple[str, dict[str, Any]]] = {}
+    for path in [out, *parts]:
+        for line, row in read_rows(path, report):
+            rows.setdefault(str(row["id"]), (line, row))
+    if not rows and not parts:
+        return set()
+    entries = {entry.id: entry for entry in dataset.entries}
+    first_other = next(((i, _other_run(row, run, settings)) for i, (_, row) in rows.items() if _other_run(row, run, settings)), None)
+    if first_other is not None:
+        raise PhotonError(f"{out} holds predictions from another run ({'; '.join(first_other[1])}). "
+                          "Pass --overwrite to start again, or write to another --out")
+    from photon.core.digests import Digests
+
+    with Digests() as digests:
+        changed = [i for i, (_, row) in rows.items() if i in entries and row.get("record") != record_digest(entries[i], digests)]
+    unproven = [i for i in changed if not rows[i][1].get("record")]  # written by a Photon that recorded no digest
+    gone = [i for i in rows if i not in entries]
+    if (changed or gone) and on_change != "redo":
+        said = []
+        if len(changed) > len(unproven):
+            moved = [i for i in changed if i not in unproven]
+            said.append(f"{len(moved)} answer records that changed since they were predicted ({_ids(moved)})")
+        if unproven:
+            said.append(f"{len(unproven)} carry no record digest (written by an older Photon), so nothing shows they "
+                        f"answer the records as they are now ({_ids(unproven)})")
+        if gone:
+            said.append(f"{len(gone)} are for ids not in {data} ({_ids(gone)})")
+        raise PhotonError(f"{out}: kept predictions no longer match --data: {'; '.join(said)}. Pass --on-change redo to "
+                          "predict the changed records again and drop the others, --overwrite to start again, or another --out")
+    for i in changed + gone:
+        del rows[i]
+    if changed or gone:
+        report(f"{out}: predicting {len(changed)} changed record(s) again; dropped {len(gone)} prediction(s) of records not in --data")
+    order = {entry.id: n for n, entry in enumerate(dataset.entries)}
+    ranked = sorted(rows, key=lambda i: (order.get(i, len(order)), i))
+    text = "".join(rows[i][0] + "\n" for i in ranked)
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:  # folded parts, dropped or cut lines
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out, text)
+    for stale in part_files(out):
+        stale.unlink(missing_ok=True)
+    return set(ranked)
 
 
 @dataclass
@@ -311,7 +375,7 @@ class InferOutcome:
     skipped: int  # bad records (reported)
     out: Path
     seconds: float = 0.0
-    ranks: list[dict] = field(default_factory=list)  # per-rank facts of a sharded run (rank 0 only)
+    ranks: list[dict] = field(default_factory=list)  # per-rank facts of a sharded run (on every rank)
 
     def __str__(self) -> str:
         return f"wrote {self.written} predictions to {self.out} ({self.resumed} already there, {self.skipped} bad records skipped)"
@@ -346,19 +410,26 @@ def infer(
     media_options: dict[str, dict[str, Any]] | None = None,
     strict: bool = False,
     overwrite: bool = False,
+    on_change: str = "refuse",
     prune: bool = True,
     progress: bool = True,
     report: Callable[[str], None] = print_problem,
     shard: Shard | None = None,
 ) -> InferOutcome:
-    """Predict every record of `data` into the JSONL `out`, resuming by id: records whose id is
-    already in `out` are skipped. Bad records are reported and skipped (strict: stop).
-    prune=False predicts with the stock forward (mode "unpruned"), the baseline to compare with.
-    shard: this process's share of a data-parallel run (Shard); every rank calls infer."""
+    """Predict every record of `data` into the JSONL `out`, resuming: a prediction already in `out` (or
+    in the part files of an earlier sharded run, of any process count) is kept when it answers the
+    record as it is now with these settings (reconcile; on_change decides about changed records).
+    Bad records are reported and skipped (strict: stop). prune=False predicts with the stock forward
+    (mode "unpruned"), the baseline to compare with. shard: this process's share of a data-parallel
+    run (Shard); every rank calls infer, and every rank's outcome carries the run's totals."""
     from tqdm import tqdm
+
+    from photon.core.digests import Digests
 
     if batch_size < 1:
         raise PhotonError(f"batch size must be at least 1, got {batch_size}")
+    if on_change not in ON_CHANGE:
+        raise PhotonError(f"on_change {on_change!r}: expected {' or '.join(ON_CHANGE)}")
     out = Path(out)
     shard = shard or Shard(0, 1)
     sharded = shard.size > 1
@@ -368,21 +439,18 @@ def infer(
     run = {"backbone": loaded.backbone, "mode": runtime.config.mode if prune else "unpruned",
            "rule": rule_of(loaded.model) if prune else "none"}
     settings = run_settings(loaded, prune=prune, max_new_tokens=max_new_tokens, media_options=media_options)
-    if overwrite:
-        if shard.rank == 0 and out.exists():
-            out.unlink()
-        if target.exists():
-            target.unlink()
-        shard.barrier()  # nobody reads --out before rank 0 removed it
-    done: set[str] = set()
-    for path in dict.fromkeys([out, target]):  # the merged file, and (sharded) this rank's part
-        ids, first = read_done(path, report, repair=path == target or shard.rank == 0)
-        if first is not None:
-            check_same_run(path, first, run, settings)
-        done |= ids
     dataset = PhotonDataset(
         data, encoder=loaded.encoder, strict=strict, train=False, media_options=media_options, report=report,
     )
+    if not dataset.entries:
+        raise PhotonError(f"{data}: no usable record ({len(dataset.problems)} skipped); nothing to predict")
+    if shard.rank == 0:
+        if overwrite:
+            for path in [out, *part_files(out)]:
+                path.unlink(missing_ok=True)
+        reconcile(out, dataset, data, run, settings, on_change=on_change, report=report)
+    shard.barrier()  # --out is whole and the old parts are gone before any rank reads or writes
+    done = {str(row["id"]) for _, row in read_rows(out, report=lambda _: None)}
     mine = range(shard.rank, len(dataset.entries), shard.size)
     todo = []
     for i in mine:
@@ -395,15 +463,14 @@ def infer(
             continue
         todo.append(i)
     resumed = sum(1 for i in mine if dataset.entries[i].id in done)
-    if resumed:
-        report(f"{target}: resuming, {resumed} records already predicted")
-    total = _remaining(dataset, out, shard) if sharded else len(todo)
+    if resumed and shard.rank == 0:
+        report(f"{out}: resuming, {len(done)} records already predicted")
+    total = sum(1 for entry in dataset.entries if entry.id not in done) if sharded else len(todo)
     written = 0
     started = time.perf_counter()
     context = contextlib.nullcontext() if prune else unpruned(loaded.model)
     # One bar for the whole run: rank 0 counts what every rank's part file holds.
-    with context, tqdm(total=total, unit="record", desc="infer", disable=not progress or shard.rank != 0) as bar:
-        before = _part_lines(out, shard) if sharded else 0
+    with context, Digests() as digests, tqdm(total=total, unit="record", desc="infer", disable=not progress or shard.rank != 0) as bar:
         for start in range(0, len(todo), batch_size):
             indices = todo[start : start + batch_size]
             encoded = [(i, dataset[i]) for i in indices]
@@ -411,7 +478,8 @@ def infer(
             if encoded:
                 batch = loaded.encoder.collate([item for _, item in encoded])
                 results = generate_batch(loaded, batch, max_new_tokens)
-                lines = [prediction_line(dataset.entries[i], r, run, settings) for (i, _), r in zip(encoded, results)]
+                lines = [prediction_line(dataset.entries[i], r, run, settings, record_digest(dataset.entries[i], digests))
+                         for (i, _), r in zip(encoded, results)]
                 # One write per batch: an interrupted run loses at most the line being written. The file
                 # is created by the first answers, so a run that fails before any leaves none behind.
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -422,7 +490,7 @@ def infer(
                 if ratios:
                     bar.set_postfix(kept=f"{sum(ratios) / len(ratios):.0%}")
             if sharded:
-                bar.n = min(total, _part_lines(out, shard) - before)
+                bar.n = min(total, _part_lines(out, shard))
                 bar.refresh()
             else:
                 bar.update(len(indices))
@@ -431,12 +499,19 @@ def infer(
         if sharded:
             facts = {"rank": shard.rank, "written": written, "resumed": resumed, "skipped": len(dataset.problems), "seconds": seconds}
             _write_atomic(shard.stats(out), json.dumps(facts))
-            shard.barrier()  # every part is complete
+            shard.barrier()  # every part and its facts are complete
+            ranks = [json.loads(shard.stats(out, rank).read_text()) for rank in range(shard.size)]
+            shard.barrier()  # every rank has read the facts before rank 0 removes them
             if shard.rank == 0:
                 bar.n = total
                 bar.refresh()
-                outcome.ranks = merge_parts(dataset, out, shard)
+                merge_parts(dataset, out, shard)
             shard.barrier()  # the merged file exists before any rank returns
+            # The run's totals on every rank, so each exits with the same code; a bad record is every
+            # rank's (each reads the whole records file), so it is counted once.
+            outcome.written = sum(r["written"] for r in ranks)
+            outcome.resumed = sum(r["resumed"] for r in ranks)
+            outcome.ranks = ranks
     return outcome
 
 
@@ -456,22 +531,9 @@ def _part_lines(out: Path, shard: Shard) -> int:
     return count
 
 
-def _remaining(dataset, out: Path, shard: Shard) -> int:
-    """Records no rank has predicted yet (what the run's one progress bar counts down)."""
-    done: set[str] = set()
-    for path in [out, *(shard.part(out, r) for r in range(shard.size))]:
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    done.add(str(json.loads(line)["id"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-    return sum(1 for entry in dataset.entries if entry.id not in done)
-
-
-def merge_parts(dataset, out: Path, shard: Shard) -> list[dict]:
+def merge_parts(dataset, out: Path, shard: Shard) -> None:
     """Rank 0, after every rank finished: --out's lines and every part's, each id once, in the
-    records' input order, written atomically; the parts go. Returns each rank's facts."""
+    records' input order, written atomically; the parts and their facts go."""
     rows: dict[str, str] = {}
     for path in [out, *(shard.part(out, r) for r in range(shard.size))]:
         if path.is_file():
@@ -482,14 +544,9 @@ def merge_parts(dataset, out: Path, shard: Shard) -> list[dict]:
     ranked = sorted(rows, key=lambda i: (order.get(i, len(order)), i))
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(out, "".join(rows[i] + "\n" for i in ranked))
-    facts = []
     for rank in range(shard.size):
-        stats = shard.stats(out, rank)
-        if stats.is_file():
-            facts.append(json.loads(stats.read_text()))
-            stats.unlink()
+        shard.stats(out, rank).unlink(missing_ok=True)
         shard.part(out, rank).unlink(missing_ok=True)
-    return facts
 
 
 def kept_summary(path: Path) -> str:

@@ -141,7 +141,7 @@ def test_infer_errors_exit_2(records, tmp_path, capsys):
     assert main(["infer", "--backbone", "qwen2.5-vl-tiny", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "no such records file" in capsys.readouterr().err
     assert main(["infer", "--backbone", "nope", "--data", str(records), "--out", str(tmp_path / "p.jsonl")]) == 2
-    assert "unknown backbone 'nope'; known:" in capsys.readouterr().err
+    assert "unknown backbone 'nope': not a registered name (photon-s1" in capsys.readouterr().err
 
 
 def test_decoding_is_plain_greedy_whatever_the_models_generation_defaults(loaded):

@@ -72,6 +72,7 @@ def test_two_processes_write_what_one_process_writes_and_resume(records, tmp_pat
         assert a["theta"] == pytest.approx(b["theta"], abs=1e-5)
     assert not list(tmp_path.glob(".multi.jsonl.part-*"))  # parts merged and removed
     assert "rank 0:" in done.stderr and "rank 1:" in done.stderr and "records/s" in done.stderr
+    assert f"wrote {N_RECORDS} predictions" in done.stderr  # the run's total, not rank 0's share
     assert "kept " in done.stderr and "visual tokens" in done.stderr
 
     # Interrupted: rank 0 had answered its first record and was cutting its second line; rank 1 nothing.
@@ -85,6 +86,7 @@ def test_two_processes_write_what_one_process_writes_and_resume(records, tmp_pat
     assert essentials(again) == essentials(one)
     assert json.dumps(again[0]) == first.strip()  # kept from the interrupted run, not answered again
     assert "resuming, 1 records already predicted" in done.stderr and "cut short" in done.stderr
+    assert f"wrote {N_RECORDS - 1} predictions" in done.stderr and "(1 already there" in done.stderr
 
 
 def test_the_deepspeed_launchers_local_rank_argument_is_accepted():

@@ -37,6 +37,9 @@ def configure(parser):
     parser.add_argument("--bertscore-batch-size", type=int, default=32, help="pairs per BERTScore batch (default 32)")
     parser.add_argument("--no-bertscore", action="store_true", help="skip BERTScore")
     parser.add_argument("--device", default="auto", help="device for BERTScore: auto, cpu, cuda, cuda:1, ... (default auto)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="exit 0 even when bad records or reference records without a prediction were left out "
+                             "(by default the report is written and the exit status is 1)")
     parser.add_argument("--strict", action="store_true",
                         help="stop (exit 2) at the first bad record, or at a reference record without a prediction, "
                              "instead of reporting and leaving it out")
@@ -89,12 +92,15 @@ def run(args):
         print(f"photon eval: {note}", file=sys.stderr)
     print(f"photon eval: wrote {', '.join(str(out / name) for name in written)}", file=sys.stderr)
     # --strict never gets here with anything left out: the first bad or missing record stops it (exit 2).
+    left_out = False
     for side in [report[side] for side in ("a", "b")] if args.compare else [report]:
         bad, missing = side["bad_records"]["count"], side["missing_predictions"]["count"]
         if bad or missing:
+            left_out = True
             print(f"photon eval: {side['predictions']}: left out {bad} bad record(s) and {missing} reference record(s) "
-                  "without a prediction (report: bad_records, missing_predictions; --strict stops at the first)", file=sys.stderr)
-    return 0
+                  "without a prediction (report: bad_records, missing_predictions; --strict stops at the first, "
+                  "--allow-missing exits 0)", file=sys.stderr)
+    return 1 if left_out and not args.allow_missing else 0
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from photon.cli import Command
 from photon.commands.model_options import add_model_arguments, check_model_arguments, open_from
 from photon.core.errors import PhotonError
 from photon.core.hookspecs import hookimpl
-from photon.inference import Shard, infer, kept_summary
+from photon.inference import ON_CHANGE, Shard, infer, kept_summary
 from photon.wrapping import random_weights_note
 
 
@@ -19,6 +19,9 @@ def configure(parser):
     parser.add_argument("--out", required=True, metavar="PREDS.jsonl", help="predictions to write; ids already there are skipped")
     parser.add_argument("--batch-size", type=int, default=4, help="records per generate() call (default 4)")
     parser.add_argument("--overwrite", action="store_true", help="start OUT again instead of resuming it")
+    parser.add_argument("--on-change", choices=ON_CHANGE, default="refuse",
+                        help="when resuming finds predictions whose record changed (question, media content, reference) or "
+                             "left --data: refuse (default, naming the ids) or redo (predict them again, drop the others)")
     parser.add_argument("--unpruned", action="store_true", help="predict with the stock forward (the baseline for `photon eval --compare`)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of reporting and skipping it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -29,6 +32,9 @@ def configure(parser):
 def run(args):
     if not Path(args.data).is_file():
         raise PhotonError(f"--data {args.data}: no such records file")
+    with open(args.data, encoding="utf-8", errors="replace") as handle:
+        if not any(line.strip() for line in handle):
+            raise PhotonError(f"--data {args.data}: the records file is empty; nothing to predict")
     if args.batch_size < 1:
         raise PhotonError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_model_arguments(args)
@@ -36,7 +42,7 @@ def run(args):
     opened, options = open_from(args)
     outcome = infer(
         opened.loaded, args.data, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        media_options=options, strict=args.strict, overwrite=args.overwrite, prune=not args.unpruned,
+        media_options=options, strict=args.strict, overwrite=args.overwrite, on_change=args.on_change, prune=not args.unpruned,
         progress=not args.no_progress, shard=shard,
     )
     if shard.rank == 0:

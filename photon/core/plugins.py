@@ -42,6 +42,7 @@ BUILTIN_PLUGINS = (
     "photon.commands.convert",
     "photon.commands.attach",
     "photon.commands.infer",
+    "photon.commands.launch",
     "photon.commands.demo",
     "photon.modalities.ct",
     "photon.modalities.frames",

@@ -211,7 +211,8 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
     from tqdm import tqdm
 
     from photon.bench.memory import peak_bytes, reset_peak
-    from photon.inference import generate_batch, prediction_line, run_settings, unpruned
+    from photon.core.digests import Digests
+    from photon.inference import generate_batch, prediction_line, record_digest, run_settings, unpruned
     from photon.wrapping import rule_of
 
     import torch
@@ -228,7 +229,7 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
     settings = run_settings(loaded, prune=prune, max_new_tokens=cfg.max_new_tokens, media_options=dataset.media_options)
     rows, lines = [], []
     context = contextlib.nullcontext() if prune else unpruned(model)
-    with context, torch.no_grad():
+    with context, torch.no_grad(), Digests() as digests:
         generate_batch(loaded, loaded.encoder.collate([dataset[0]]), 1)  # warm-up, untimed
         reset_peak(device)
         bar = tqdm(total=len(dataset), desc=f"score {label}", unit="case", disable=not cfg.progress)
@@ -247,7 +248,7 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
                     "coverage": None if covered is None else covered[0], "blind": None if covered is None else covered[1],
                     "llm_prefill_flops": flops.prefill(dims, length, kept_length, layer, logits=1),
                 })
-                lines.append(prediction_line(entry, result, run_fields, settings))
+                lines.append(prediction_line(entry, result, run_fields, settings, record_digest(entry, digests)))
                 if on_case is not None:
                     on_case(entry, result)
             bar.update(len(indices))
