@@ -51,15 +51,6 @@ def test_ci_runs_both_ends_of_the_range_and_the_tools_ceilings():
         assert f"| {version} |" in table, f"docs/serving.md's compatibility table lacks {version}"
 
 
-def test_the_full_suite_runs_on_the_newest_release():
-    # .ci/run installs the newest release in the range for the full suite; the matrix runs the others.
-    import transformers
-
-    if Version(transformers.__version__) != max(_ci_versions()):
-        pytest.skip(f"the matrix runs this subset under transformers {transformers.__version__}")
-    assert Version(transformers.__version__) in SpecifierSet(compat.TESTED_TRANSFORMERS)
-
-
 def test_an_untested_transformers_warns_once_naming_the_range(monkeypatch):
     monkeypatch.setattr(compat, "installed", lambda package: "5.99.0")
     compat.warn_if_untested.cache_clear()
