@@ -67,8 +67,9 @@ class QwenFamily:
     tokenizer: Callable[[], Any]  # the real tokenizer of the offline tiny build
     pixels: tuple[tuple[float, float, float], tuple[float, float, float]]  # default pixel mean, std
     volume_kernel: tuple[int, int, int]  # Photon's 3D kernel (D, H, W): the ViT patch, cubed
-    # (input_ids, adapter) -> (B, L) bool: the instruction tokens ITS reads (spec section 3)
-    instruction_mask: Callable[[torch.Tensor, "QwenAdapter"], torch.Tensor]
+    # (input_ids, ids) -> (B, L) bool: the instruction tokens ITS reads (spec section 3); ids carries
+    # image_id, video_id, vision_start_id, vision_end_id and im_end_id (the adapter, or the encoder's)
+    instruction_mask: Callable[[torch.Tensor, Any], torch.Tensor]
     qk_norm: bool = False  # q and k are normalised per head before RoPE (Qwen3)
     extras: Callable[[dict], tuple[LayerExtras | None, dict]] = no_extras  # per-token side inputs
     frame_timestamps: bool = False  # a video is one block per temporal step after "<t seconds>"
