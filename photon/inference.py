@@ -331,10 +331,11 @@ def reconcile(out: Path, dataset, data: str | Path, run: dict[str, str], setting
     if not rows and not parts:
         return set()
     entries = {entry.id: entry for entry in dataset.entries}
-    first_other = next(((i, _other_run(row, run, settings)) for i, (_, row) in rows.items() if _other_run(row, run, settings)), None)
-    if first_other is not None:
-        raise PhotonError(f"{out} holds predictions from another run ({'; '.join(first_other[1])}). "
-                          "Pass --overwrite to start again, or write to another --out")
+    for _, row in rows.values():
+        differ = _other_run(row, run, settings)
+        if differ:
+            raise PhotonError(f"{out} holds predictions from another run ({'; '.join(differ)}). "
+                              "Pass --overwrite to start again, or write to another --out")
     from photon.core.digests import Digests
 
     with Digests() as digests:

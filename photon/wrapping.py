@@ -14,7 +14,7 @@ from photon.core.config import PhotonConfig
 from photon.core.errors import PhotonError
 from photon.core.pruners import pruner_rule
 from photon.modalities.config import options_for_backbone
-from photon.opening import OpenRequest, Opened, resolve_device  # noqa: F401 - the commands' names for them
+from photon.opening import OpenRequest, Opened
 
 # A still image and a short clip at this side show what the token count of non-volume input is.
 EXAMPLE_SIDE = 448

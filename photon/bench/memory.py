@@ -26,9 +26,6 @@ from photon.core.errors import PhotonError
 
 # -- CUDA, in process -------------------------------------------------------------------
 def cuda_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
-    from photon.bench.clock import generate, train_step
-    from photon.core import compat
-
     device = next(model.parameters()).device
     out = {"method": "cuda_max_memory_allocated"}
     for phase, run in phases(model, prompt, train, new_tokens):
@@ -102,7 +99,6 @@ def phases(model, prompt: dict, train: dict, new_tokens: int):
 def rss_peaks(model, prompt: dict, train: dict, new_tokens: int) -> dict:
     """Peak RSS per phase of this process (call it in a fresh one)."""
     from photon.bench.clock import generate, train_step
-    from photon.core import compat
 
     generate(model, prompt, min(new_tokens, 2))  # warm-up: one-time allocations are not the workload's
     train_step(model, train)
