@@ -179,10 +179,19 @@ def question_sample(media: list[Media], question: str, id: str = "ask") -> Sampl
     return Sample(id, [{"role": "user", "content": tags + check_question(question)}], media)
 
 
-def load_inputs(paths: list[str | Path], options: dict[str, dict[str, Any]]) -> list[Media]:
-    """Each path through the modality a plugin chooses, with the options for that modality."""
+def load_inputs(paths: list[Any], options: dict[str, dict[str, Any]]) -> list[Media]:
+    """Each path through the modality a plugin chooses, with the options for that modality; a
+    MONAI MetaTensor as a CT volume (its affine decides orientation), a Media as it is."""
+    from photon.modalities.monai_bridge import is_metatensor, media_from_metatensor
+
     media = []
     for path in paths:
+        if isinstance(path, Media):
+            media.append(path)
+            continue
+        if is_metatensor(path):
+            media.append(media_from_metatensor(path, **options.get("ct", {})))
+            continue
         name, loader = choose_loader(path)
         media.append(loader(Path(path), **options.get(name, {})))
     return media
@@ -190,7 +199,7 @@ def load_inputs(paths: list[str | Path], options: dict[str, dict[str, Any]]) -> 
 
 def ask(
     loaded: Loaded,
-    inputs: str | Path | list[str | Path],
+    inputs: Any,
     question: str,
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -199,10 +208,14 @@ def ask(
 ) -> Asked:
     """Answer `question` about a volume, image or video (or several) with the wrapped model.
 
+    inputs: a path, a MONAI MetaTensor, a Media, or a list of them.
     baseline=True also answers with the unpruned stock forward (Asked.baseline), after one
     untimed warm-up pass so that neither timed run pays one-time initialisation.
     """
-    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    from photon.modalities.monai_bridge import is_metatensor
+
+    single = isinstance(inputs, (str, Path, Media)) or is_metatensor(inputs)
+    paths = [inputs] if single else list(inputs)
     check_question(question)  # before the (slow) loading
     started = time.perf_counter()
     media = load_inputs(paths, media_options or default_options(loaded))
@@ -245,7 +258,9 @@ def record_digest(entry, digests) -> str:
     done). digests: a photon.core.digests.Digests (file digests cached by size and mtime)."""
     import hashlib
 
-    media = [[name, digests.content(path)] for name, path in entry.media]
+    from photon.modalities.monai_bridge import is_metatensor, metatensor_digest
+
+    media = [[name, metatensor_digest(item) if is_metatensor(item) else digests.content(item)] for name, item in entry.media]
     text = json.dumps({"messages": entry.messages, "benchmark": entry.benchmark, "meta": entry.meta, "media": media},
                       sort_keys=True, ensure_ascii=False, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
@@ -403,7 +418,7 @@ class Shard:
 
 def infer(
     loaded: Loaded,
-    data: str | Path,
+    data: str | Path | list[dict[str, Any]],
     out: str | Path,
     *,
     batch_size: int = 4,
@@ -417,7 +432,8 @@ def infer(
     report: Callable[[str], None] = print_problem,
     shard: Shard | None = None,
 ) -> InferOutcome:
-    """Predict every record of `data` into the JSONL `out`, resuming: a prediction already in `out` (or
+    """Predict every record of `data` (a records file, or a list of records whose media may be MONAI
+    MetaTensors) into the JSONL `out`, resuming: a prediction already in `out` (or
     in the part files of an earlier sharded run, of any process count) is kept when it answers the
     record as it is now with these settings (reconcile; on_change decides about changed records).
     Bad records are reported and skipped (strict: stop). prune=False predicts with the stock forward
@@ -443,6 +459,8 @@ def infer(
     dataset = PhotonDataset(
         data, encoder=loaded.encoder, strict=strict, train=False, media_options=media_options, report=report,
     )
+    if not isinstance(data, (str, Path)):
+        data = "<records>"
     if not dataset.entries:
         raise PhotonError(f"{data}: no usable record ({len(dataset.problems)} skipped); nothing to predict")
     if shard.rank == 0:

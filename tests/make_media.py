@@ -115,3 +115,50 @@ def write_image(path: Path, size=(60, 90), colour=(255, 0, 0), mode: str = "RGB"
     image = Image.fromarray(array)
     image.convert(mode).save(path)
     return path
+
+
+# ITK direction matrices (columns: where each voxel axis points in LPS+ space).
+ITK_DIRECTIONS = {
+    "LPS": np.eye(3),
+    "RAS": np.diag([-1.0, -1.0, 1.0]),
+    # i posterior, j inferior, k patient-left... as ITK writes a sagittal stack
+    "PIR": np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]),
+    "oblique": rotation(12.0, 8.0),
+}
+
+
+def itk_phantom(direction_lps: np.ndarray, spacing=(2.0, 2.5, 3.0), marker=MARKER, radius: float = 6.0):
+    """A SimpleITK image of air holding a bright sphere at `marker` (given in RAS+ mm, as for phantom());
+    the voxel-to-mm geometry is ITK's own (TransformIndexToPhysicalPoint), not Photon's arithmetic."""
+    import SimpleITK as sitk
+
+    along = np.abs(direction_lps).argmax(axis=0)
+    size = [int(FOV[a] / s) for a, s in zip(along, spacing)]
+    image = sitk.Image(size, sitk.sitkInt16)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction_lps.flatten().tolist())
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in size]))
+    image.SetOrigin(tuple(-centre))  # the FOV centred on the origin, as phantom() does
+    marker_lps = np.array([-marker[0], -marker[1], marker[2]])
+    voxels = np.full(size[::-1], -1000, dtype=np.int16)  # ITK arrays are [k, j, i]
+    for i, j, k in np.ndindex(*size):
+        point = np.array(image.TransformIndexToPhysicalPoint((i, j, k)))
+        if np.linalg.norm(point - marker_lps) < radius:
+            voxels[k, j, i] = 1000
+    out = sitk.GetImageFromArray(voxels)
+    out.CopyInformation(image)
+    return out
+
+
+def enhanced_ct(series: Path, path: Path) -> Path:
+    """One Legacy Converted Enhanced CT file (per-frame functional groups) written by highdicom
+    from a single-frame series."""
+    import highdicom
+    import pydicom
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    datasets = [pydicom.dcmread(str(p)) for p in sorted(series.iterdir())]
+    image = LegacyConvertedEnhancedCTImage(datasets, series_instance_uid=highdicom.UID(), series_number=99,
+                                           sop_instance_uid=highdicom.UID(), instance_number=1)
+    image.save_as(str(path))
+    return path

@@ -187,7 +187,7 @@ def _truncated(folder):
     return cut
 
 
-def test_a_multi_frame_dicom_is_named_as_one(tmp_path):
+def test_a_multi_frame_file_among_a_series_is_named(tmp_path):
     import pydicom
 
     folder = dicom_series(tmp_path / "enhanced", n_slices=2)
@@ -197,7 +197,7 @@ def test_a_multi_frame_dicom_is_named_as_one(tmp_path):
     ds.NumberOfFrames = 3
     ds.PixelData = np.stack([pixels] * 3).tobytes()
     ds.save_as(str(first), enforce_file_format=True)
-    with pytest.raises(PhotonError, match=r"slice_000.dcm: a multi-frame DICOM \(3 frames in one file"):
+    with pytest.raises(PhotonError, match=r"slice_000.dcm: a multi-frame DICOM \(3 frames\) among the single-frame files of .*enhanced; give the multi-frame file on its own"):
         load_media(folder, kind="volume")
 
 

@@ -99,6 +99,9 @@ def pack_media(media: Any, geometry: VisualGeometry) -> PackedVisual:
     normalize = True
     if media.kind == "volume":
         normalize = geometry.in_channels != 1 and geometry.normalize_volumes
+    if media.kind == "volume" and media.meta.get("windows") and geometry.in_channels == 1 and channels > 1:
+        raise PhotonError(f"{media.source}: {channels} HU-window channels (ct.windows) for a backbone whose 3D patch "
+                          "embedding takes one grey channel; windows are for the stock RGB embedding (unset ct.windows)")
     if channels != geometry.in_channels:
         if channels == 1:
             frames = frames.expand(-1, geometry.in_channels, -1, -1)

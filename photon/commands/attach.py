@@ -19,7 +19,7 @@ def configure(parser):
     add_model_arguments(parser)
     asking = parser.add_argument_group("asking")
     asking.add_argument("--input", action="append", default=[], metavar="FILE",
-                        help="a NIfTI volume, DICOM series folder, image, image folder or video; repeat for several")
+                        help="a volume (NIfTI, MetaImage, NRRD, .npy/.npz, DICOM series folder or .zip, multi-frame DICOM), image, image folder or video; repeat for several")
     asking.add_argument("--question", help="what to ask about the input")
     asking.add_argument("--json", action="store_true", help="print one JSON object")
     asking.add_argument("--baseline", action="store_true", help="also answer with the unpruned model, side by side")

@@ -11,7 +11,7 @@ from photon.modalities.describe import RECORD_SUFFIXES, describe_media, describe
 
 
 def configure(parser):
-    parser.add_argument("file", help="a NIfTI file, DICOM series folder, image, image folder, video, or records .json/.jsonl")
+    parser.add_argument("file", help="a volume (NIfTI, MetaImage, NRRD, .npy/.npz, DICOM series folder or .zip, multi-frame DICOM), image, image folder, video, or records .json/.jsonl")
     parser.add_argument("--kind", choices=("volume", "image", "video"), help="how to read FILE when its type is ambiguous")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--strict", action="store_true", help="records: stop at the first bad record")

@@ -12,7 +12,7 @@ from photon.modalities.preprocess import preprocess_volumes, read_ctrate_metadat
 
 def configure(parser):
     defaults = CTConfig()
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="NIfTI files, DICOM series folders, or folders holding them")
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="volume files (NIfTI, MetaImage, NRRD, .npy/.npz, multi-frame DICOM, zipped series), DICOM series folders, or folders holding them")
     parser.add_argument("--out", required=True, help="output folder (gets <name>.nii.gz per volume and manifest.jsonl)")
     parser.add_argument("--axcodes", default="".join(defaults.axcodes), help="voxel axis directions to write (default LPS: R->L, A->P, I->S)")
     parser.add_argument("--spacing", type=float, nargs=3, default=defaults.spacing, metavar="MM", help="voxel size (default 1 1 1)")

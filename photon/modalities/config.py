@@ -31,6 +31,13 @@ class CTConfig:
     slope: float | None = None  # for raw volumes: HU = slope * stored + intercept
     intercept: float | None = None
     raw_min: float = 0.0  # auto: a volume whose minimum is at least this is raw, not HU
+    # Channels from HU windows instead of one min-max grey channel (stock RGB embeddings):
+    # preset names (lung, mediastinum, bone, brain, abdomen, full) or [low, high] HU; 1 or 3 of them.
+    windows: list[Any] | None = None
+    # Arrays without geometry (.npy, .npz; docs/data.md): axes are (D, H, W) in the model-input convention.
+    array_spacing: list[float] | None = None  # [D, H, W] mm; null: the array is taken as prepared
+    array_intensity: str = "auto"  # auto | unit ([0, 1], mapped onto hu_range) | hu
+    array_key: str | None = None  # which array of an .npz (default: its only one)
 
 
 @dataclass

@@ -21,13 +21,19 @@ from photon.core.hookspecs import hookimpl
 from photon.modalities.base import Media, Modality
 from photon.modalities.config import CTConfig, options_from
 from photon.modalities.resize import resize_volume
-from photon.modalities.volumes import Volume, is_dicom_file, is_nifti, read_volume
+from photon.modalities.dicom import is_multiframe_volume
+from photon.modalities.itk import recognises
+from photon.modalities.volumes import Volume, is_dicom_file, is_volume_file, read_volume
 
 # The array (i, j, k) in these axcodes, read as [k, j, i], is the model's (D, H, W) before
 # the W flip: k inferior -> superior, j anterior -> posterior, i right -> left.
 MODEL_AXCODES = ("L", "P", "S")
 MODEL_CONVENTION = "D inferior->superior, H anterior->posterior, W patient-left->patient-right"
 CALIBRATIONS = ("auto", "hu", "raw", "none")
+# Window presets as (low, high) HU, from the usual width/level: lung W1500 L-600, mediastinum
+# W400 L40, bone W1500 L300, brain W80 L40, abdomen W400 L50; full is the recipe's HU clip.
+WINDOW_PRESETS = {"lung": (-1350.0, 150.0), "mediastinum": (-160.0, 240.0), "bone": (-450.0, 1050.0),
+                  "brain": (0.0, 80.0), "abdomen": (-150.0, 250.0), "full": (-1000.0, 1000.0)}
 _AXIS_OF = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
 
 
@@ -45,7 +51,35 @@ def check_config(cfg: CTConfig, where: str) -> CTConfig:
         raise PhotonError(f"{where}: calibration {cfg.calibration!r} must be one of {', '.join(CALIBRATIONS)}")
     if cfg.interpolation not in ("linear", "nearest"):
         raise PhotonError(f"{where}: interpolation {cfg.interpolation!r} must be linear or nearest")
-    return replace(cfg, axcodes=axcodes)
+    if cfg.array_spacing is not None and (len(cfg.array_spacing) != 3 or min(cfg.array_spacing) <= 0):
+        raise PhotonError(f"{where}: array_spacing {cfg.array_spacing} must be 3 positive numbers [D, H, W] mm (or null)")
+    from photon.modalities.arrays import INTENSITIES
+
+    if cfg.array_intensity not in INTENSITIES:
+        raise PhotonError(f"{where}: array_intensity {cfg.array_intensity!r} must be one of {', '.join(INTENSITIES)}")
+    windows = None if cfg.windows is None else resolve_windows(cfg.windows, where)
+    return replace(cfg, axcodes=axcodes, windows=windows)
+
+
+def resolve_windows(windows, where: str) -> list[list[float]]:
+    """Preset names or [low, high] pairs -> [[low, high], ...]; one window (grey) or three (RGB)."""
+    resolved = []
+    for window in windows:
+        if isinstance(window, str):
+            if window.lower() not in WINDOW_PRESETS:
+                raise PhotonError(f"{where}: window {window!r} is not a preset ({', '.join(WINDOW_PRESETS)}); or give [low, high] HU")
+            resolved.append(list(WINDOW_PRESETS[window.lower()]))
+            continue
+        try:
+            low, high = (float(v) for v in window)
+        except (TypeError, ValueError) as exc:
+            raise PhotonError(f"{where}: window {window!r} must be a preset name or [low, high] HU") from exc
+        if low >= high:
+            raise PhotonError(f"{where}: window {window!r} must have low < high")
+        resolved.append([low, high])
+    if len(resolved) not in (1, 3):
+        raise PhotonError(f"{where}: {len(resolved)} windows; give 1 (grey) or 3 (one per RGB channel)")
+    return resolved
 
 
 def calibrate(volume: Volume, cfg: CTConfig) -> Volume:
@@ -153,11 +187,24 @@ def model_frames(volume: Volume, cfg: CTConfig) -> np.ndarray:
     zyx = canonical.data.transpose(2, 1, 0)
     if cfg.size is not None:
         zyx = resize_volume(zyx, tuple(cfg.size))
-    low, high = float(zyx.min()), float(zyx.max())
-    scaled = (zyx - low) / (high - low) if high > low else np.zeros_like(zyx)
+    if cfg.windows:
+        # Fixed HU windows, one per channel: absolute intensities, no per-volume min-max.
+        scaled = np.stack([np.clip((zyx - low) / (high - low), 0.0, 1.0) for low, high in cfg.windows], axis=1)
+    else:
+        low, high = float(zyx.min()), float(zyx.max())
+        scaled = ((zyx - low) / (high - low) if high > low else np.zeros_like(zyx))[:, None]
     if cfg.flip_w:
-        scaled = scaled[:, :, ::-1]
-    return np.ascontiguousarray(scaled[:, None], dtype=np.float32)
+        scaled = scaled[..., ::-1]
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+def prepare(volume: Volume, cfg: CTConfig) -> Volume:
+    """The offline recipe, or for an array taken as prepared (no spacing known) only the HU clip."""
+    if volume.meta.get("prepared"):
+        if cfg.hu_range is None:
+            return volume
+        return replace(volume, data=np.clip(volume.data, cfg.hu_range[0], cfg.hu_range[1]))
+    return preprocess_volume(volume, cfg) if cfg.preprocess else volume
 
 
 def canonical_volume(path: str | Path, **options) -> Volume:
@@ -166,25 +213,28 @@ def canonical_volume(path: str | Path, **options) -> Volume:
     For backbones that take the volume slice by slice at their own resolution.
     """
     cfg = check_config(options_from(CTConfig, options, str(path)), str(path))
-    volume = calibrate(read_volume(path), cfg)
-    if cfg.preprocess:
-        volume = preprocess_volume(volume, cfg)
+    volume = prepare(calibrate(read_volume(path, cfg), cfg), cfg)
     return reorient(volume, MODEL_AXCODES)
 
 
 def load_ct(path: str | Path, **options) -> Media:
     cfg = check_config(options_from(CTConfig, options, str(path)), str(path))
-    stored = read_volume(path)
+    return media_from_volume(read_volume(path, cfg), cfg)
+
+
+def media_from_volume(stored: Volume, cfg: CTConfig) -> Media:
+    """A read volume (any format, or a MONAI MetaTensor) -> the model input: calibrate, recipe, frames."""
     facts = {"shape": list(stored.data.shape), "spacing": [round(s, 6) for s in stored.spacing],
              "axcodes": list(stored.axcodes), "oblique": stored.oblique}
     volume = calibrate(stored, cfg)
     facts["hu_range"] = [float(volume.data.min()), float(volume.data.max())]
-    if cfg.preprocess:
-        volume = preprocess_volume(volume, cfg)
+    volume = prepare(volume, cfg)
     frames = model_frames(volume, cfg)
     meta = {**volume.meta, **facts, "preprocessed_shape": list(volume.data.shape),
             "preprocessed_spacing": [round(s, 6) for s in volume.spacing], "convention": MODEL_CONVENTION}
-    return Media(frames=frames, kind="volume", source=str(path), fps=1.0, meta=meta)
+    if cfg.windows:
+        meta["windows"] = cfg.windows
+    return Media(frames=frames, kind="volume", source=stored.source, fps=1.0, meta=meta)
 
 
 def describe_ct(path: str | Path) -> dict[str, Any]:
@@ -194,26 +244,30 @@ def describe_ct(path: str | Path) -> dict[str, Any]:
     bad = int(volume.data.size - np.count_nonzero(finite))
     low = float(volume.data[finite].min()) if bad < volume.data.size else float("nan")
     high = float(volume.data[finite].max()) if bad < volume.data.size else float("nan")
-    return {
+    facts = {
         "kind": "volume", "format": volume.meta.get("format"), "shape": list(volume.data.shape),
         "spacing": [round(s, 4) for s in volume.spacing], "axcodes": "".join(volume.axcodes),
         "oblique": volume.oblique, "intensity_range": [low, high], "non_finite_voxels": bad,
         "looks_raw": low >= CTConfig().raw_min, "header_scaling": volume.meta.get("header_scaling"),
     }
+    if "assumed" in volume.meta:  # arrays without geometry: what the loader took them to be
+        facts.update(assumed=volume.meta["assumed"], prepared=volume.meta["prepared"])
+    return facts
 
 
 def model_shape(facts: dict[str, Any], **options) -> tuple[int, int, int, int]:
     """The (D, 1, H, W) frames load_ct gives for a file with these `facts` (from describe_ct)."""
     cfg = check_config(options_from(CTConfig, options, "ct options"), "ct options")
+    channels = len(cfg.windows) if cfg.windows else 1
     if cfg.size is not None:
         depth, height, width = cfg.size
-        return (depth, 1, height, width)
+        return (depth, channels, height, width)
     shape = _shape_in(facts["shape"], facts["axcodes"], cfg.axcodes)
-    if cfg.preprocess:
+    if cfg.preprocess and not facts.get("prepared"):
         spacing = _shape_in(facts["spacing"], facts["axcodes"], cfg.axcodes)
         shape = cfg.crop or resampled_shape(shape, spacing, cfg.spacing)
     i, j, k = _shape_in(shape, cfg.axcodes, MODEL_AXCODES)
-    return (k, 1, j, i)
+    return (k, channels, j, i)
 
 
 def _shape_in(values, from_axcodes, to_axcodes) -> list:
@@ -232,12 +286,16 @@ def choose_modality(path, kind):
     if kind not in (None, "volume", "video"):
         return None
     path = Path(path)
-    if is_nifti(path):
+    if is_volume_file(path):
         return "ct"
     if path.is_dir() and _holds_dicom(path):
         return "ct"
+    if is_multiframe_volume(path):
+        return "ct"
     # Asked for a volume: answer, so that load_ct can say why this file is not one.
-    return "ct" if kind == "volume" else None
+    if kind == "volume":
+        return "ct"
+    return "ct" if path.is_file() and kind is None and recognises(path) else None
 
 
 def _holds_dicom(folder: Path) -> bool:

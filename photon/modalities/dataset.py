@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from photon.core.errors import PhotonError
 from photon.modalities.base import Media, choose_loader
 from photon.modalities.cache import MediaCache
+from photon.modalities.monai_bridge import is_metatensor, media_from_metatensor
 from photon.modalities.config import DataConfig
 
 TAGS = {"<image>": "images", "<video>": "videos"}
@@ -131,10 +132,13 @@ def normalise_messages(record: dict) -> list[dict[str, str]]:
     return copied
 
 
-def media_list(record: dict, key: str) -> list[str]:
-    value = record.get(key) or []
-    value = [value] if isinstance(value, str) else value
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+def media_list(record: dict, key: str) -> list[Any]:
+    """A record's file paths under `key`; records built in Python may also hold MONAI MetaTensors."""
+    value = record.get(key)
+    if value is None or (isinstance(value, (list, str)) and not value):
+        return []
+    value = [value] if isinstance(value, str) or is_metatensor(value) else value
+    if not isinstance(value, list) or not all((isinstance(v, str) and v) or is_metatensor(v) for v in value):
         raise RecordError(f"`{key}` must be a list of file paths, got {value!r:.80}")
     return value
 
@@ -149,7 +153,11 @@ def parse_record(record: Any, where: str, media_root: Path | None) -> Entry:
     for message in messages:
         for tag in TAG_PATTERN.findall(message["content"]):
             key = TAGS[tag]
-            path = Path(queues[key].pop(0)).expanduser()
+            item = queues[key].pop(0)
+            if is_metatensor(item):  # an in-memory volume: its affine is its geometry
+                media.append((key, item))
+                continue
+            path = Path(item).expanduser()
             if not path.is_absolute() and media_root is not None:
                 path = media_root / path
             if not path.exists():
@@ -239,6 +247,9 @@ class PhotonDataset(Dataset):
         entry = self.entries[index]
         media = []
         for key, path in entry.media:
+            if is_metatensor(path):
+                media.append(media_from_metatensor(path, **self.media_options.get("ct", {})))
+                continue
             name, loader = choose_loader(path, KIND_OF_FIELD[key])
             options = self.media_options.get(name, {})
             media.append(self.cache.load(path, name, options, loader) if self.cache else loader(path, **options))

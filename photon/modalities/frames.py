@@ -16,6 +16,7 @@ from photon.core.hookspecs import hookimpl
 from photon.modalities.base import Media, Modality, explain
 from photon.modalities.config import FramesConfig, options_from
 from photon.modalities.resize import resize_frames, smart_resize
+from photon.modalities.dicom import is_multiframe_volume
 from photon.modalities.volumes import IMAGE_SUFFIXES, is_dicom_file
 
 
@@ -166,7 +167,8 @@ def choose_modality(path, kind):
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return "frames"
     if path.is_file() and is_dicom_file(path):
-        return "frames"
+        # An enhanced multi-frame file with per-frame positions is a volume unless asked for as images.
+        return "frames" if kind == "image" or not is_multiframe_volume(path) else None
     if path.is_dir() and (kind == "image" or any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())):
         return "frames"
     return None

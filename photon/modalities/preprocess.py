@@ -1,6 +1,6 @@
 """`photon preprocess`: the offline CT recipe over many files, idempotent and resumable.
 
-Each source (a NIfTI file, a DICOM series folder, or a folder searched for both) becomes
+Each source (a volume file of any format Photon reads, a DICOM series folder, or a folder searched for both) becomes
 OUT/<name>.nii.gz, written under a temporary name and renamed, so an interrupted run
 leaves no half-written volume. An existing output is never overwritten without
 force=True, which makes a second run skip what the first finished. OUT/manifest.jsonl
@@ -23,8 +23,9 @@ import numpy as np
 from photon.core.errors import PhotonError
 from photon.modalities.base import explain
 from photon.modalities.config import CTConfig
-from photon.modalities.ct import calibrate, check_config, preprocess_volume
-from photon.modalities.volumes import Volume, dicom_files, is_nifti, read_volume, strip_volume_suffix
+from photon.modalities.ct import calibrate, check_config, prepare
+from photon.modalities.dicom import is_multiframe_volume
+from photon.modalities.volumes import Volume, dicom_files, is_volume_file, read_volume, strip_volume_suffix
 
 RECIPE_KEYS = ("axcodes", "spacing", "interpolation", "hu_range", "crop", "pad_value")
 MANIFEST = "manifest.jsonl"
@@ -51,9 +52,10 @@ def find_jobs(sources: Iterable[str | Path], out_dir: Path) -> list[Job]:
     jobs = []
     for source in map(Path, sources):
         if source.is_dir() and not dicom_files(source):
-            found = [p for p in sorted(source.rglob("*")) if (p.is_file() and is_nifti(p)) or (p.is_dir() and dicom_files(p))]
+            found = [p for p in sorted(source.rglob("*")) if (p.is_file() and (is_volume_file(p) or is_multiframe_volume(p)))
+                     or (p.is_dir() and dicom_files(p))]
             if not found:
-                raise PhotonError(f"{source}: no NIfTI files or DICOM series folders under it")
+                raise PhotonError(f"{source}: no volume files (NIfTI, MetaImage, NRRD, .npy/.npz, zip, multi-frame DICOM) or DICOM series folders under it")
             jobs += [Job(p, out_dir / f"{strip_volume_suffix(str(p.relative_to(source)))}.nii.gz") for p in found]
         else:
             jobs.append(Job(source, out_dir / f"{strip_volume_suffix(source.name)}.nii.gz"))
@@ -98,7 +100,7 @@ def preprocess_file(job: Job, cfg: CTConfig, metadata: dict[str, Any] | None = N
     """Run the recipe on one source and write its output; returns the manifest entry."""
     import nibabel as nib
 
-    volume = read_volume(job.source)
+    volume = read_volume(job.source, cfg)
     if metadata:
         cfg = replace(cfg, slope=metadata.get("slope", cfg.slope), intercept=metadata.get("intercept", cfg.intercept))
         if "spacing" in metadata:
@@ -107,7 +109,7 @@ def preprocess_file(job: Job, cfg: CTConfig, metadata: dict[str, Any] | None = N
                 "axcodes": "".join(volume.axcodes), "oblique": volume.oblique}
     volume = calibrate(volume, cfg)
     original["hu_range"] = [float(volume.data.min()), float(volume.data.max())]
-    volume = preprocess_volume(volume, cfg)
+    volume = prepare(volume, cfg)
     fits_int16 = cfg.hu_range is not None and -32768 <= cfg.hu_range[0] and cfg.hu_range[1] <= 32767
     data = np.round(volume.data).astype(np.int16) if fits_int16 else volume.data.astype(np.float32)
     image = nib.Nifti1Image(data, volume.affine)

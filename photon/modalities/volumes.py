@@ -1,9 +1,11 @@
-"""Reading 3D volumes: NIfTI through nibabel, DICOM series folders through pydicom.
+"""Reading 3D volumes: every format lands in one Volume (voxels + RAS+ affine).
 
-A Volume holds the voxel array in the file's own axis order with the affine that maps
-voxel indices to RAS+ millimetres (nibabel's convention), so orientation is decided in
-one place (ct.py) whatever the source format. Every failure is a PhotonError naming the
-file and what was expected.
+NIfTI through nibabel; DICOM (series folders, zipped series, enhanced multi-frame files) in
+dicom.py; MetaImage, NRRD and the rest of SimpleITK's formats in itk.py (optional extra);
+arrays without geometry (.npy, .npz) in arrays.py. A Volume holds the voxel array in the
+file's own axis order with the affine that maps voxel indices to RAS+ millimetres
+(nibabel's convention), so orientation is decided in one place (ct.py) whatever the source
+format. Every failure is a PhotonError naming the file and what was expected.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from photon.core.errors import PhotonError
 from photon.modalities.base import explain
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# SimpleITK's own formats that Photon claims by name; any other file SimpleITK recognises is read too.
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".gipl.gz", ".mnc", ".vtk")
+ARRAY_SUFFIXES = (".npy", ".npz")
+ZIP_SUFFIXES = (".zip",)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-VOLUME_EXPECTED = "expected a 3D volume: a NIfTI file (.nii, .nii.gz) or a folder holding one DICOM series"
+VOLUME_EXPECTED = (
+    "expected a 3D volume: NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd, .nhdr), a .npy/.npz "
+    "array, an enhanced multi-frame DICOM file, or a DICOM series (a folder or a .zip)"
+)
 
 
 @dataclass
@@ -50,9 +59,18 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+    return path.name.lower().endswith(suffixes)
+
+
+def is_volume_file(path: Path) -> bool:
+    """A single file Photon reads as a volume by its name (DICOM files are told apart by content)."""
+    return has_suffix(path, NIFTI_SUFFIXES + ITK_SUFFIXES + ARRAY_SUFFIXES + ZIP_SUFFIXES)
+
+
 def strip_volume_suffix(name: str) -> str:
     lower = name.lower()
-    for suffix in (".nii.gz", ".nii", ".dcm"):
+    for suffix in sorted(NIFTI_SUFFIXES + ITK_SUFFIXES + ARRAY_SUFFIXES + ZIP_SUFFIXES + (".dcm",), key=len, reverse=True):
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -74,19 +92,33 @@ def dicom_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if p.is_file() and is_dicom_file(p)]
 
 
-def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI file or a DICOM series folder; anything else is a clear error."""
+def read_volume(path: str | Path, cfg: Any = None) -> Volume:
+    """Read any supported volume; anything else is a clear error.
+
+    cfg: the CT options (photon.modalities.config.CTConfig); only arrays without geometry use
+    them (array_spacing, array_intensity, array_key).
+    """
+    from photon.modalities import arrays, dicom, itk
+
     path = Path(path)
     if not path.exists():
         raise PhotonError(f"{path}: no such file or folder")
     if path.is_dir():
-        return read_dicom_series(path)
+        return dicom.read_dicom_folder(path)
     if is_nifti(path):
         return read_nifti(path)
+    if has_suffix(path, ITK_SUFFIXES):
+        return itk.read_itk(path)
+    if has_suffix(path, ARRAY_SUFFIXES):
+        return arrays.read_array(path, cfg)
+    if has_suffix(path, ZIP_SUFFIXES):
+        return dicom.read_dicom_zip(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise PhotonError(f"{path}: a 2D image file; {VOLUME_EXPECTED}")
     if is_dicom_file(path):
-        raise PhotonError(f"{path}: a single DICOM file (one slice); {VOLUME_EXPECTED}")
+        return dicom.read_dicom_file(path)
+    if itk.recognises(path):
+        return itk.read_itk(path)
     raise PhotonError(f"{path}: unknown file type; {VOLUME_EXPECTED}")
 
 
@@ -139,77 +171,3 @@ def check_affine(affine: np.ndarray, path: Path) -> None:
 def check_3d(shape: tuple[int, ...], path: Path) -> None:
     if len(shape) < 3 or min(shape) < 2:
         raise PhotonError(f"{path}: shape {shape} is a 2D image; {VOLUME_EXPECTED} with at least 2 slices")
-
-
-def read_dicom_series(folder: Path) -> Volume:
-    """One DICOM series: slices sorted along the slice normal, slope/intercept applied per slice."""
-    import pydicom
-
-    files = dicom_files(folder)
-    if not files:
-        raise PhotonError(f"{folder}: no DICOM files in this folder; {VOLUME_EXPECTED}")
-    slices = []
-    for file in files:
-        try:
-            slices.append((file, pydicom.dcmread(str(file))))
-        except Exception as exc:
-            raise PhotonError(f"{file}: not a readable DICOM file ({explain(exc)})") from exc
-    for file, ds in slices:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise PhotonError(
-                f"{file}: a multi-frame DICOM ({frames} frames in one file, e.g. Enhanced CT/MR); Photon reads a series "
-                "of one slice per file: convert it to NIfTI (dcm2niix) or split it into single-frame files"
-            )
-    with_position = [(f, ds) for f, ds in slices if "PixelData" in ds and "ImagePositionPatient" in ds]
-    if not with_position:
-        raise PhotonError(f"{folder}: its DICOM files hold no image slices with a position; {VOLUME_EXPECTED}")
-    slices = with_position
-    if len(slices) == 1:
-        raise PhotonError(
-            f"{folder}: holds one DICOM slice ({slices[0][0].name}), a 2D image; a volume needs a series of at least "
-            "2 slices. To ask about this slice, pass the file itself (it is read as an image)"
-        )
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise PhotonError(f"{folder}: holds {len(series)} DICOM series ({', '.join(sorted(series))}); put each series in its own folder")
-    check_3d((2, 2, len(slices)), folder)
-
-    first = slices[0][1]
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    slices.sort(key=lambda item: float(np.dot(normal, [float(v) for v in item[1].ImagePositionPatient])))
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in slices])
-    steps = np.diff(positions @ normal)
-    if np.any(np.abs(steps) < 1e-4):
-        raise PhotonError(f"{folder}: two slices share one position; expected one series with distinct slice positions")
-
-    planes = []
-    calibrated = False
-    for file, ds in slices:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], orientation, atol=1e-4):
-            raise PhotonError(f"{file}: its orientation differs from the rest of the series in {folder}")
-        try:
-            pixels = ds.pixel_array.astype(np.float32)
-        except Exception as exc:
-            raise PhotonError(f"{file}: cannot decode the pixel data ({explain(exc)}); truncated or corrupt?") from exc
-        if pixels.ndim != 2:
-            raise PhotonError(f"{file}: pixel data of shape {pixels.shape}; expected one grey 2D slice per file")
-        if planes and pixels.T.shape != planes[0].shape:
-            raise PhotonError(f"{file}: slice of {pixels.shape} pixels differs from the rest of the series in {folder}")
-        if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-            calibrated = True
-            pixels = pixels * float(ds.get("RescaleSlope", 1.0)) + float(ds.get("RescaleIntercept", 0.0))
-        planes.append(pixels.T)  # (columns, rows): voxel i runs along a row, j down the columns
-
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    affine_lps = np.eye(4)
-    affine_lps[:3, 0] = row_dir * col_spacing
-    affine_lps[:3, 1] = col_dir * row_spacing
-    affine_lps[:3, 2] = (positions[-1] - positions[0]) / (len(slices) - 1)
-    affine_lps[:3, 3] = positions[0]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps  # DICOM patient space is LPS+, nibabel's is RAS+
-    meta = {"format": "dicom", "slices": len(slices), "header_scaling": calibrated,
-            "series": next(iter(series)), "modality": str(first.get("Modality", ""))}
-    return Volume(np.stack(planes, axis=-1), affine, str(folder), meta)
