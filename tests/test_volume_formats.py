@@ -52,6 +52,21 @@ def test_itk_formats_load_like_the_nifti_of_the_same_volume(tmp_path, layout):
     assert frames[".mha"].meta["format"] == "metaimage" and frames[".nrrd"].meta["format"] == "nrrd"
 
 
+def test_an_mha_equals_the_nifti_nibabel_writes_of_the_same_phantom(tmp_path):
+    import nibabel as nib
+
+    from tests.make_media import AFFINE_DIRECTIONS, phantom
+
+    # The same physical volume written both ways: ITK's geometry (LPS) and nibabel's (RAS).
+    sitk.WriteImage(itk_phantom(ITK_DIRECTIONS["RAS"], spacing=(2.0, 2.0, 2.0)), str(tmp_path / "itk.mha"))
+    nib.save(phantom(AFFINE_DIRECTIONS["RAS"], spacing=2.0), tmp_path / "nibabel.nii.gz")
+    from_itk = load_media(tmp_path / "itk.mha", **AS_STORED)
+    from_nibabel = load_media(tmp_path / "nibabel.nii.gz", **AS_STORED)
+    np.testing.assert_array_equal(from_itk.frames, from_nibabel.frames)
+    assert from_itk.meta["axcodes"] == from_nibabel.meta["axcodes"] == ["R", "A", "S"]
+    np.testing.assert_allclose(read_volume(tmp_path / "itk.mha").affine, read_volume(tmp_path / "nibabel.nii.gz").affine, atol=1e-6)
+
+
 def test_itk_formats_go_through_the_whole_recipe_like_nifti(tmp_path):
     image = itk_phantom(ITK_DIRECTIONS["PIR"])
     sitk.WriteImage(image, str(tmp_path / "ct.mha"))

@@ -12,7 +12,8 @@ from photon.core import compat
 from photon.core.hookspecs import hookimpl
 
 # What a Photon user's environment may hold, in the order the table shows it.
-PACKAGES = ("torch", "transformers", "deepspeed", "accelerate", "flash-attn", "lmms-eval", "ms-swift", "vllm", "av", "decord")
+PACKAGES = ("torch", "transformers", "deepspeed", "accelerate", "flash-attn", "lmms-eval", "ms-swift", "vllm", "av", "decord",
+            "SimpleITK", "monai")
 # Tools that pin transformers themselves: whether their pin admits the installed release.
 CONSTRAINERS = ("lmms-eval", "ms-swift", "vllm")
 
@@ -29,7 +30,7 @@ def _requirements(distribution: str):
 def _declared(name: str) -> tuple[str | None, str | None]:
     """(specifier, extra) Photon's own metadata declares for a package, or (None, None)."""
     for requirement in _requirements("photon"):
-        if requirement.name.lower() == name:
+        if requirement.name.lower() == name.lower():
             extra = None
             if requirement.marker is not None:
                 text = str(requirement.marker)
