@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "photon.commands.infer",
     "photon.commands.launch",
     "photon.commands.demo",
+    "photon.commands.app",
     "photon.modalities.ct",
     "photon.modalities.frames",
     "photon.modalities.video",
