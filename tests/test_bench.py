@@ -1,7 +1,9 @@
 """photon bench: analytic FLOPs against the real modules, and the command end to end."""
 
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from photon.bench import flops
 from photon.bench.models import size_config
+from photon.bench.sweep import TIME_PHASES
 from photon.cli import main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -122,9 +125,13 @@ def test_bench_command_runs_end_to_end(tmp_path, capsys):
 
     stock, pruned = result["configurations"][0], result["configurations"][1:]
     statistic = result["command_options"]["statistic"]
-    for c in pruned:  # each ratio is this configuration's figure over stock's, with the chosen statistic
+    for c in pruned:  # each time ratio: the median of this configuration's time over stock's within each round
         for name, timing in c["times"].items():
-            assert c["ratios"][name] == pytest.approx(timing[statistic] / stock["times"][name][statistic]), name
+            per_round = [a / b for a, b in zip(timing["samples"], stock["times"][name]["samples"])]
+            assert c["ratio_spread"][name]["samples"] == pytest.approx(per_round), name
+            assert c["ratios"][name] == pytest.approx(statistics.median(per_round)), name
+            assert c["ratio_spread"][name]["min"] <= c["ratios"][name] <= c["ratio_spread"][name]["max"]
+        assert c["ratios"]["prefill_s"] == pytest.approx(c["times"]["prefill_s"][statistic] / stock["times"]["prefill_s"][statistic])
         assert c["ratios"]["kv_bytes_after_prefill"] == pytest.approx(c["kv_cache"]["after_prefill"] / stock["kv_cache"]["after_prefill"])
     for c in pruned:
         assert c["kept_tokens"] == [8, 8]  # half of 16 visual tokens per sample
@@ -145,6 +152,9 @@ def test_bench_command_runs_end_to_end(tmp_path, capsys):
     (["--pruners", "nope"], "unknown pruner"),
     (["--size", "tiny", "--backbone", "qwen2.5-vl-tiny"], "not both"),
     (["--visual-tokens", "0"], "--visual-tokens"),
+    (["--visual-tokens", "16,0"], "--visual-tokens"),
+    (["--visual-tokens", "16,32", "--size-time-limit", "0"], "--size-time-limit must be > 0"),
+    (["--visual-tokens", "16,32", "--paper-table"], "--paper-table measures one volume"),
 ])
 def test_bench_rejects_bad_options_clearly(argv, message, capsys):
     assert main(["bench", "--no-memory", *argv]) == 2
@@ -330,3 +340,92 @@ def test_generate_by_phase_weighs_each_phase_by_stocks_time_at_its_own_ideal():
     # vision 1 s at 1.0, prefill 6 s at its by-part 0.5, the other 3 s (decoding) at the bytes ratio 0.9
     assert pruned["ideal_ratios"]["generate_by_phase"] == pytest.approx((1.0 + 3.0 + 2.7) / 10.0)
     assert stock["ideal_ratios"]["generate_by_phase"] == pytest.approx(1.0)
+
+
+# -- sweeps over the visual tokens ---------------------------------------------------------------
+def test_round_ratios_are_within_round_and_summarised_by_their_median():
+    from photon.bench.harness import round_ratios
+
+    spread = round_ratios([2.0, 3.0, 9.0, 1.0, 4.0], [4.0, 4.0, 10.0, 1.0, 5.0])
+    assert spread["samples"] == [0.5, 0.75, 0.9, 1.0, 0.8]
+    assert (spread["median"], spread["min"], spread["max"]) == (0.8, 0.5, 1.0)
+    assert round_ratios([1.0], [0.0]) is None
+
+
+def test_growth_slopes_and_projections():
+    from photon.bench.sweep import end_slope, skip_reason, slope
+
+    xs = [1024, 2048, 4096, 8192]
+    assert slope(xs, [3 * x**1.5 for x in xs]) == pytest.approx(1.5)
+    assert end_slope(xs, [1.0, 3.0, 2.0, 8.0]) == pytest.approx(1.0)
+    measured = [{"visual_tokens": 1024, "wall_s": 10.0, "configurations": [{"memory": {"generate": {"peak": 2**30}, "train": {"peak": 2**30}}}]}]
+    assert skip_reason(2048, measured, 25.0, None) is None  # linear from one size: 20 s
+    assert "projected 40 s" in skip_reason(4096, measured, 25.0, None)
+    measured.append({"visual_tokens": 2048, "wall_s": 40.0, "configurations": [{"memory": {"generate": {"peak": 2 * 2**30}, "train": {"peak": 2**30}}}]})
+    reason = skip_reason(4096, measured, 100.0, None)  # measured growth: tokens^2, 160 s
+    assert reason.startswith("projected 160 s") and "tokens^2.00" in reason
+    memory = skip_reason(8192, measured, None, 6 * 2**30)  # 2 GiB growing linearly to 8 GiB > 0.9 x 6 GiB
+    assert "projected stock peak 8.0 GiB" in memory and "6.0 GiB free" in memory
+
+
+def _entry(n, prefill_photon, ideal, stock_prefill):
+    def config(label, pruner, prefill, ideal_by_part):
+        times = {key: {"min": 1.0, "median": 1.0, "samples": [1.0]} for key, _ in TIME_PHASES}
+        times["prefill_s"] = {"min": prefill, "median": prefill, "samples": [prefill]}
+        return {"label": label, "pruner": pruner, "times": times, "ratios": {"prefill_s": prefill / stock_prefill},
+                "ideal_ratios": {"prefill_by_part": ideal_by_part}}
+
+    return {"visual_tokens": n, "configurations": [config("stock", None, stock_prefill, 1.0),
+                                                   config("photon@0.1", "photon", prefill_photon, ideal)]}
+
+
+def test_sweep_targets_hold_or_miss_on_the_numbers():
+    from photon.bench.sweep import growth_exponents, sweep_targets
+
+    entries = [_entry(2048, 0.5, 0.30, 1.0), _entry(4096, 0.66, 0.31, 2.2), _entry(8192, 2.0, 0.3, 5.0),
+               {"visual_tokens": 16384, "skipped": "projected 99 s"}]
+    growth = growth_exponents(entries, "min")
+    assert growth["stock"]["prefill_s"]["ends"] == pytest.approx(math.log(5) / math.log(4))
+    within = next(t for t in sweep_targets(entries, growth) if "within" in t["target"])
+    assert within["holds"] is False and "4096: 0.30 vs 0.31" in within["detail"] and "8192: 0.40 vs 0.30 (1.33x)" in within["detail"]
+    slower = next(t for t in sweep_targets(entries, growth) if "more slowly" in t["target"])
+    assert slower["holds"] is True
+    at_16k = next(t for t in sweep_targets(entries, growth) if "16384" in t["target"])
+    assert at_16k["holds"] is None and "not measured at 16384" in at_16k["detail"]
+
+
+def test_bench_sweep_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    argv = ["bench", "--visual-tokens", "16,32,4096", "--batch", "1", "--pruners", "photon", "--keep", "0.5", "--repeats", "5",
+            "--warmup", "0", "--max-new-tokens", "2", "--no-memory", "--size-time-limit", "60", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    sizes = [entry["visual_tokens"] for entry in result["sweep"]]
+    assert sizes == [16, 32, 4096]
+    measured = [e for e in result["sweep"] if "configurations" in e]
+    got = [e["input"]["visual_tokens_per_sample"][0] for e in measured]  # about the size asked for (whole patch grids)
+    assert got[0] == 16 and 32 <= got[1] <= 40
+    skipped = result["sweep"][2]
+    assert "exceeds the 60 s limit per size (--size-time-limit)" in skipped["skipped"] and "skipped" in printed
+    for entry in measured:
+        photon_row = entry["configurations"][1]
+        assert len(photon_row["ratio_spread"]["prefill_s"]["samples"]) == 5  # five interleaved rounds
+    assert result["growth"]["stock"]["prefill_s"]["fit"] is not None
+    assert "growth exponents" in printed and "targets:" in printed
+    plot = Path(result["plot"])
+    assert plot == out.with_suffix(".png") and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    documented = _documented_fields()
+
+    def keys(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield k
+                if k not in ("dims", "machine", "command_options", "configurations", "growth"):
+                    yield from keys(v)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                yield from keys(item)
+
+    missing = {k for k in keys(result) if k not in documented}
+    assert not missing, f"docs/benchmarks.md does not document {sorted(missing)}"

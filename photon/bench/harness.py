@@ -4,7 +4,10 @@ One model and one input batch; configurations (stock, then each pruner at each k
 are attached and detached in turn. Warm-up rounds run everything once unmeasured; then each
 repeat round measures every configuration, in a rotated order so no configuration always
 runs first. Each time is summarised over the repeats (fastest by default, median on
-request) and given as a ratio to stock next to the ideal ratio from analytic FLOPs.
+request); each ratio to stock is taken within each round (the configuration's time over
+stock's in the same round) and reported as the median of those per-round ratios with their
+min-max range, next to the ideal ratio from analytic FLOPs. photon/bench/sweep.py runs this
+over several input sizes.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class BenchOptions:
     visual_tokens: int = 512
     batch: int = 2
     new_tokens: int = 8
-    repeats: int = 3
+    repeats: int = 5  # ratios are medians of per-round ratios: at least 5 to show their spread
     warmup: int = 1
     memory: bool = True
     # Interference from other work only ever adds time, so on a shared machine the fastest
@@ -154,10 +157,11 @@ def _summary(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "samples": values}
 
 
-def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] | None = None) -> dict:
+def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] | None = None, built=None) -> dict:
     """Measure every configuration; returns the JSON-ready result (see docs/benchmarks.md).
 
-    progress(message, step, total) is called before each step.
+    progress(message, step, total) is called before each step. built: a (model, encoder) pair
+    from build_model(options.model) to reuse (a sweep builds its model once).
     """
     configs = configurations(options)
     total = len(configs) * (options.warmup + options.repeats + int(options.memory)) + 1
@@ -174,7 +178,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
         torch.set_num_threads(options.threads)
     machine = machine_info(device)
     step(f"building {options.model.describe()}")
-    model, encoder = build_model(options.model)
+    model, encoder = built or build_model(options.model)
     prompt, train = (
         {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         for batch in workload.batches(encoder, options.visual_tokens, options.batch, seed=options.model.seed)
@@ -224,7 +228,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str, int, int], None] |
         )
     if options.memory:
         _measure_memory(model, configs, results, options, prompt, train, device, step)
-    _add_ratios(results, options.statistic)
+    _add_ratios(results, options.statistic, samples)
     machine["load_average_1min_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "command_options": _jsonable(options),
@@ -329,11 +333,27 @@ def _generate_by_phase(stock_times: dict, statistic: str, ideal: dict) -> float 
     return scaled / times["generate_s"]
 
 
-def _add_ratios(results: list[dict], statistic: str) -> None:
-    """Each figure over the stock model's, next to the same ratio of FLOPs (the ideal)."""
+def round_ratios(mine: list[float], stock: list[float]) -> dict | None:
+    """A configuration's time over stock's within each measured round (both ran in it, interleaved):
+    {median, min, max, samples}; None when a round lacks a time."""
+    ratios = [_ratio(a, b) for a, b in zip(mine, stock)]
+    if not ratios or any(r is None for r in ratios):
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "samples": ratios}
+
+
+def _add_ratios(results: list[dict], statistic: str, samples: dict | None = None) -> None:
+    """Each figure over the stock model's, next to the same ratio of FLOPs (the ideal). Time ratios
+    are the median of the per-round ratios when the rounds' samples are given (their range in
+    r["ratio_spread"]), else the ratio of the summarised times."""
     stock = results[0]
     for r in results:
-        ratios = {name: _ratio(r["times"][name][statistic], stock["times"][name][statistic]) for name in TIMES}
+        spread = {}
+        if samples is not None:
+            spread = {name: round_ratios(samples[r["label"]][name], samples[stock["label"]][name]) for name in TIMES}
+        r["ratio_spread"] = spread
+        ratios = {name: spread[name]["median"] if spread.get(name) else _ratio(r["times"][name][statistic], stock["times"][name][statistic])
+                  for name in TIMES}
         ideal = {name: _ratio(r["flops"][key], stock["flops"][key]) for name, key in IDEAL.items()}
         ratios["kept_tokens"] = _ratio(sum(r["kept_tokens"]), sum(r["visual_tokens"]))
         for phase in ("after_prefill", "final"):
@@ -350,6 +370,10 @@ def _add_ratios(results: list[dict], statistic: str) -> None:
                 mine, theirs = r["memory"][phase], stock["memory"][phase]
                 ratios[f"{phase}_peak_memory"] = _ratio(mine["peak"], theirs["peak"])
                 ratios[f"{phase}_memory_above_base"] = _ratio(mine["peak"] - mine["base"], theirs["peak"] - theirs["base"])
+            # The generate peak a runtime could reach: stock's, with its KV cache holding only the kept
+            # tokens (the selection layer and those before it see every token, so their activations stay).
+            peak = stock["memory"]["generate"]["peak"]
+            ideal["generate_peak_memory"] = _ratio(peak - stock["kv_cache"]["after_prefill"] + r["kv_cache"]["ideal_after_prefill"], peak)
             # Activation checkpointing beside the plain step, same configuration: what it saves.
             plain, checkpointed = r["memory"]["train"], r["memory"]["train_checkpointed"]
             ratios["train_checkpointed_memory_above_base"] = _ratio(checkpointed["peak"] - checkpointed["base"], plain["peak"] - plain["base"])

@@ -31,6 +31,11 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
+def _range(spread: dict | None) -> str:
+    """The min-max of the per-round ratios, beside their median."""
+    return "" if not spread else f" [{spread['min']:.2f}-{spread['max']:.2f}]"
+
+
 def _mib(value: int) -> str:
     return f"{value / 2**20:.0f} MiB"
 
@@ -62,14 +67,16 @@ def render(result: dict) -> str:
             f"stock memory ({m['method']}): generate peak {_mib(m['generate']['peak'])} (base {_mib(m['generate']['base'])}), "
             f"train peak {_mib(m['train']['peak'])} (base {_mib(m['train']['base'])})"
         )
-    lines += ["", "ratio to stock, measured (ideal from FLOPs; prefill: FLOPs | the LM head's time fixed, the rest by FLOPs; "
-                  "decode: FLOPs | bytes read; generate: FLOPs | each phase at its own ideal):"]
+    lines += ["", "ratio to stock, measured: the median of the per-round ratios [their min-max] (ideal from FLOPs; prefill: "
+                  "FLOPs | the LM head's time fixed, the rest by FLOPs; decode: FLOPs | bytes read; generate: FLOPs | each "
+                  "phase at its own ideal):"]
     header = ["config", "layer", "kept"] + [name for name, _ in TIME_COLUMNS]
     rows = []
     for c in configs[1:]:
         r, i = c["ratios"], c["ideal_ratios"]
         row = [c["label"], str(c["layer"]), f"{_num(r['kept_tokens'], 3)} ({_num(i['kept_tokens'])})"]
-        row += [f"{_num(r[key])} ({_num(i[key])}{' | ' + _num(i[SECOND_IDEAL[key]]) if key in SECOND_IDEAL else ''})"
+        row += [f"{_num(r[key])}{_range(c.get('ratio_spread', {}).get(key))} "
+                f"({_num(i[key])}{' | ' + _num(i[SECOND_IDEAL[key]]) if key in SECOND_IDEAL else ''})"
                 for _, key in TIME_COLUMNS]
         rows.append(row)
     lines += _grid(header, rows)
@@ -95,6 +102,37 @@ def render(result: dict) -> str:
     if "memory" in stock:
         lines += ["", "peak memory, ratio to stock (above base: minus weights, inputs and runtime before the phase; "
                       "ckpt/plain train: the training step with activation checkpointing over the plain step, same configuration):"]
-        mem_rows = [[c["label"]] + [_num(c["ratios"].get(key)) for _, key in MEMORY_COLUMNS] for c in configs]
-        lines += _grid(["config"] + [name for name, _ in MEMORY_COLUMNS], mem_rows)
+        mem_rows = [[c["label"]] + [_num(c["ratios"].get(key)) for _, key in MEMORY_COLUMNS]
+                    + [_num(c["ideal_ratios"].get("generate_peak_memory"))] for c in configs]
+        lines += _grid(["config"] + [name for name, _ in MEMORY_COLUMNS] + ["gen peak ideal"], mem_rows)
+    return "\n".join(lines)
+
+
+def render_sweep(result: dict) -> str:
+    """Each measured size's tables, the skipped sizes with their reasons, the growth exponents and the targets."""
+    from photon.bench.sweep import MEMORY_PHASES, TIME_PHASES
+
+    lines = []
+    for entry in result["sweep"]:
+        if "skipped" in entry:
+            lines += [f"== {entry['visual_tokens']} visual tokens: skipped: {entry['skipped']}", ""]
+            continue
+        lines += [f"== {entry['visual_tokens']} visual tokens ({entry['wall_s']:.0f} s)"]
+        lines += [render({**result, "input": entry["input"], "configurations": entry["configurations"]}), ""]
+    growth = result["growth"]
+    if growth:
+        phases = [(key, name) for key, name in TIME_PHASES] + [(f"{key}_peak_memory", name) for key, name in MEMORY_PHASES]
+        phases = [(key, name) for key, name in phases if any(key in g for g in growth.values())]
+        lines += ["growth exponents: log-log slope of each phase against the visual tokens, least-squares fit over the "
+                  "measured sizes (smallest to largest size):"]
+        rows = [[label] + [f"{_num(g[key]['fit'])} ({_num(g[key]['ends'])})" if key in g else "-" for key, _ in phases]
+                for label, g in growth.items()]
+        lines += _grid(["config"] + [name for _, name in phases], rows)
+    if result.get("targets"):
+        lines += ["", "targets:"]
+        for t in result["targets"]:
+            verdict = {True: "holds", False: "MISSED", None: "reported"}[t["holds"]]
+            lines.append(f"  {t['configuration']}: {t['target']}: {verdict} ({t['detail']})")
+    if result.get("plot"):
+        lines += ["", f"plot: {result['plot']}"]
     return "\n".join(lines)

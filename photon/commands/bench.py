@@ -32,7 +32,11 @@ def configure(parser):
     parser.add_argument("--backbone", help="a registered backbone name or a local folder (real weights) instead of --size")
     parser.add_argument("--pruners", default=",".join(defaults.pruners), help="comma-separated pruner names")
     parser.add_argument("--keep", default=",".join(f"{r:g}" for r in defaults.keep), help="comma-separated keep ratios, each run for every pruner")
-    parser.add_argument("--visual-tokens", type=int, default=defaults.visual_tokens, help="about this many visual tokens per sample reach the LLM")
+    parser.add_argument("--visual-tokens", type=_csv(int), default=(defaults.visual_tokens,),
+                        help="about this many visual tokens per sample reach the LLM; a comma-separated list runs a sweep "
+                             "(growth exponents, targets, and a log-log plot beside --json)")
+    parser.add_argument("--size-time-limit", type=float, default=None, metavar="SECONDS",
+                        help="sweep: skip a size whose projected run time exceeds this (default: no limit)")
     parser.add_argument("--batch", type=int, default=defaults.batch, help="prompts per batch (same shape, different pixels)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.new_tokens, help="tokens each generate() produces")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="measured rounds (medians are reported)")
@@ -42,7 +46,7 @@ def configure(parser):
     parser.add_argument("--attn", default=defaults.model.attn, help="attention implementation: sdpa, eager or flash_attention_2")
     parser.add_argument("--seed", type=int, default=defaults.model.seed)
     parser.add_argument("--statistic", choices=["min", "median"], default=defaults.statistic,
-                        help="summary of the repeats the ratios use (min: least disturbed by other work on the machine)")
+                        help="summary of the repeats for the absolute times and the ideals built on them (min: least disturbed by other work); ratios are always the median of per-round ratios")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--json", metavar="OUT", help="write every measurement to this JSON file")
@@ -61,9 +65,13 @@ def options_from(args):
 
     if args.size and args.backbone:
         raise PhotonError("give --size (random weights) or --backbone (real weights), not both")
-    for name in ("visual_tokens", "batch", "max_new_tokens", "repeats"):
+    for name in ("batch", "max_new_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise PhotonError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.visual_tokens or min(args.visual_tokens) < 1:
+        raise PhotonError(f"--visual-tokens must be one or more sizes >= 1, got {','.join(map(str, args.visual_tokens)) or 'none'}")
+    if args.size_time_limit is not None and args.size_time_limit <= 0:
+        raise PhotonError(f"--size-time-limit must be > 0 seconds, got {args.size_time_limit:g}")
     if args.threads is not None and args.threads < 1:
         raise PhotonError(f"--threads must be >= 1, got {args.threads}")
     if args.warmup < 0:
@@ -75,7 +83,7 @@ def options_from(args):
                         dtype=dtype, device=device, attn=args.attn),
         pruners=_csv(str)(args.pruners),
         keep=_csv(float)(args.keep),
-        visual_tokens=args.visual_tokens,
+        visual_tokens=args.visual_tokens[0],
         batch=args.batch,
         new_tokens=args.max_new_tokens,
         repeats=args.repeats,
@@ -98,9 +106,12 @@ def run(args):
     from tqdm import tqdm
 
     from photon.bench.harness import run_bench
-    from photon.bench.report import render
+    from photon.bench.report import render, render_sweep
 
     options = options_from(args)
+    sweep = len(set(args.visual_tokens)) > 1
+    if sweep and args.paper_table:
+        raise PhotonError("--paper-table measures one volume; give one --visual-tokens value (or none) with it")
     volume = _csv(int)(args.volume)
     if len(volume) != 3 or min(volume) < 1:
         raise PhotonError(f"--volume takes D,H,W (three positive sizes), got {args.volume!r}")
@@ -115,10 +126,20 @@ def run(args):
             from photon.bench.paper import render_paper_table, run_paper_table
 
             result = run_paper_table(options, volume, progress=progress)
+        elif sweep:
+            from photon.bench.sweep import run_sweep
+
+            plot = str(Path(args.json).with_suffix(".png")) if args.json else None
+            result = run_sweep(options, args.visual_tokens, progress=progress, time_limit_s=args.size_time_limit, plot=plot)
         else:
             result = run_bench(options, progress=progress)
         bar.n = bar.total
-    print(render_paper_table(result) if args.paper_table else render(result))
+    if args.paper_table:
+        print(render_paper_table(result))
+    else:
+        print(render_sweep(result) if sweep else render(result))
+        if sweep and not args.json:
+            print("\n(give --json OUT to keep the measurements and draw the log-log plot beside them)")
     if args.json:
         write_json(args.json, result)
         print(f"\nwrote {args.json}")
