@@ -295,7 +295,8 @@ def choose_modality(path, kind):
     # Asked for a volume: answer, so that load_ct can say why this file is not one.
     if kind == "volume":
         return "ct"
-    return "ct" if path.is_file() and kind is None and recognises(path) else None
+    # Records name volumes under `videos`: a file SimpleITK reads is a volume there too.
+    return "ct" if path.is_file() and kind in (None, "video") and recognises(path) else None
 
 
 def _holds_dicom(folder: Path) -> bool:
