@@ -14,7 +14,8 @@ from photon.core.config import ScheduleConfig, SGPConfig
 from photon.core.schedule import Schedule, Stage, plan_batch
 from photon.core.sgp import gather_tokens, keep_index, scatter_tokens, surrogate_q_grad
 
-FAST = settings(max_examples=60, deadline=None)
+# derandomize: CI explores the same examples on every run, so a pass or a failure reproduces.
+FAST = settings(max_examples=60, deadline=None, derandomize=True)
 
 
 @st.composite
@@ -89,6 +90,7 @@ def test_gather_then_scatter_restores_the_kept_rows_and_zeros_the_rest(length, w
 
 @FAST
 @given(st.integers(2, 40), st.integers(0, 2**31 - 1), st.sampled_from([1e-3, 1.0, 1e3]))
+@example(n=16, seed=163, spread=1000.0)  # a mean of u near 0.1 summed from values near 1000: 2e-5 of rounding
 def test_threshold_features_ignore_token_order_and_rho_spans_0_to_1(n, seed, spread):
     generator = torch.Generator().manual_seed(seed)
     u = torch.randn(1, n + 3, generator=generator) * spread
@@ -97,7 +99,8 @@ def test_threshold_features_ignore_token_order_and_rho_spans_0_to_1(n, seed, spr
     perm = torch.cat([torch.arange(2), 2 + torch.randperm(n, generator=generator), torch.tensor([n + 2])])
     a = its.threshold_features(u, vision)
     b = its.threshold_features(u[:, perm], vision)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Equal up to float32 rounding of sums in another order, which scales with the summands' size.
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 + 4 * n * torch.finfo(torch.float32).eps * spread)
     rho = its.normalized_saliency(u, vision)
     visual = rho[vision]
     spread_of_u = float(u[vision].max() - u[vision].min())
