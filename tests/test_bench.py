@@ -429,3 +429,26 @@ def test_bench_sweep_runs_end_to_end(tmp_path, capsys):
 
     missing = {k for k in keys(result) if k not in documented}
     assert not missing, f"docs/benchmarks.md does not document {sorted(missing)}"
+
+
+def test_a_stopped_sweep_keeps_the_sizes_it_finished(tmp_path, monkeypatch):
+    import photon.bench.sweep as sweep
+
+    out = tmp_path / "sweep.json"
+    real, calls = sweep.run_bench, []
+
+    def stopped_at_the_second_size(options, **kwargs):
+        calls.append(options.visual_tokens)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a person stopping an hour-long sweep
+        return real(options, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_bench", stopped_at_the_second_size)
+    argv = ["bench", "--visual-tokens", "16,32,64", "--batch", "1", "--pruners", "photon", "--keep", "0.5", "--repeats", "1",
+            "--warmup", "0", "--max-new-tokens", "2", "--no-memory", "--json", str(out)]
+    assert main(argv) == 130  # "photon bench: interrupted"
+    kept = json.loads(out.read_text())
+    assert [e["visual_tokens"] for e in kept["sweep"]] == [16, 32, 64]
+    assert "configurations" in kept["sweep"][0]
+    assert [e["skipped"] for e in kept["sweep"][1:]] == ["not reached (the sweep was still running)"] * 2
+    assert kept["growth"]["stock"]["prefill_s"]["fit"] is None  # one size: no exponent yet

@@ -162,8 +162,11 @@ def sweep_targets(entries: list[dict], growth: dict) -> list[dict]:
 
 
 def run_sweep(options: BenchOptions, sizes: tuple[int, ...], *, progress: Callable[[str, int, int], None] | None = None,
-              time_limit_s: float | None = None, plot: str | None = None) -> dict:
-    """run_bench at each size; returns {"sweep": [...], "growth": ..., "targets": ...} (docs/benchmarks.md)."""
+              time_limit_s: float | None = None, plot: str | None = None,
+              on_size: Callable[[dict], None] | None = None) -> dict:
+    """run_bench at each size; returns {"sweep": [...], "growth": ..., "targets": ...} (docs/benchmarks.md).
+    on_size receives the same summary after every size, the sizes not yet reached marked so: a
+    sweep of an hour that is stopped keeps what it measured."""
     sizes = tuple(sorted(set(sizes)))
     if len(sizes) < 2:
         raise PhotonError("a sweep needs at least two sizes (--visual-tokens A,B,...)")
@@ -195,8 +198,22 @@ def run_sweep(options: BenchOptions, sizes: tuple[int, ...], *, progress: Callab
         model_facts = result["model"]
         entries.append({"visual_tokens": size, "wall_s": time.perf_counter() - started, "input": result["input"],
                         "configurations": result["configurations"]})
+        if on_size is not None and position + 1 < len(sizes):
+            pending = [{"visual_tokens": n, "skipped": "not reached (the sweep was still running)"} for n in sizes[position + 1:]]
+            on_size(summarise(options, sizes, time_limit_s, machine, free, model_facts, entries + pending))
+    out = summarise(options, sizes, time_limit_s, machine, free, model_facts, entries)
+    if plot:
+        from photon.bench.sweep_plot import write_plot
+
+        out["plot"] = str(write_plot(out, plot))
+    return out
+
+
+def summarise(options: BenchOptions, sizes: tuple[int, ...], time_limit_s: float | None, machine: dict, free: int | None,
+              model_facts: dict | None, entries: list[dict]) -> dict:
+    """The sweep's JSON: its options, the machine, each size's entry, growth and targets."""
     growth = growth_exponents(entries, options.statistic)
-    out = {
+    return {
         "command_options": {**dataclasses.asdict(options), "pruners": list(options.pruners), "keep": list(options.keep),
                             "visual_tokens": list(sizes), "size_time_limit_s": time_limit_s},
         "machine": {**machine, "free_memory_bytes": free,
@@ -206,8 +223,3 @@ def run_sweep(options: BenchOptions, sizes: tuple[int, ...], *, progress: Callab
         "growth": growth,
         "targets": sweep_targets(entries, growth),
     }
-    if plot:
-        from photon.bench.sweep_plot import write_plot
-
-        out["plot"] = str(write_plot(out, plot))
-    return out

@@ -130,7 +130,10 @@ def run(args):
             from photon.bench.sweep import run_sweep
 
             plot = str(Path(args.json).with_suffix(".png")) if args.json else None
-            result = run_sweep(options, args.visual_tokens, progress=progress, time_limit_s=args.size_time_limit, plot=plot)
+            # Each finished size is written at once (atomically), so a stopped sweep keeps it.
+            keep = (lambda partial: write_json(args.json, partial)) if args.json else None  # noqa: E731
+            result = run_sweep(options, args.visual_tokens, progress=progress, time_limit_s=args.size_time_limit, plot=plot,
+                               on_size=keep)
         else:
             result = run_bench(options, progress=progress)
         bar.n = bar.total
