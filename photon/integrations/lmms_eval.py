@@ -192,36 +192,16 @@ class PhotonLMMS(lmms):
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         """Sum of the continuation's token log-probabilities given context and visuals, and
         whether greedy decoding would produce it, through the pruned forward."""
-        import torch
-
-        from photon.adapters.qwen_inputs import model_inputs
-        from photon.core.losses import IGNORE_INDEX
+        from photon.evaluation.likelihood import continuation_logprobs, score_answer_only
 
         out = []
-        model = self.loaded.model
-        device = next(model.parameters()).device
         for request in requests:
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
             doc = self._doc(task, split, doc_id)
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
             sample = self._sample(context, doc_to_visual(doc), f"{task}/{split}/{doc_id}", answer=str(continuation))
-            encoded = self.loaded.encoder.encode(sample, train=True)
-            # Score the continuation only, not the closing <|im_end|> the chat format adds.
-            labels = encoded["labels"]
-            answer_positions = (labels != IGNORE_INDEX).nonzero().squeeze(1)
-            labels[answer_positions[-1:]] = IGNORE_INDEX
-            batch = self.loaded.encoder.collate([encoded])
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items()}
-            with torch.no_grad():
-                result = model(**inputs)
-            labels = model._photon.last.labels if model._photon.last is not None and model._photon.last.labels is not None else inputs["labels"]
-            labels = labels[:, -result.logits.shape[1]:]
-            logits = result.logits[:, :-1].float()
-            targets = labels[:, 1:]
-            keep = targets != IGNORE_INDEX
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            greedy = bool((logits.argmax(-1)[keep] == targets[keep]).all())
-            out.append((float(logprobs[keep].sum()), greedy))
+            encoded = score_answer_only(self.loaded.encoder.encode(sample, train=True))
+            out += continuation_logprobs(self.loaded, [encoded])
             self._log_kept(task, doc_id, None)
         return out
 
