@@ -15,6 +15,9 @@ def configure(parser):
     parser.add_argument("--quick", action="store_true", help="a smaller set, volume and run: about three minutes on 2 CPU cores")
     parser.add_argument("--out", help="folder for data, runs, pictures and demo.json (default: runs/demo)")
     parser.add_argument("--json", action="store_true", help="print the measurements as one JSON object on stdout (progress goes to stderr)")
+    parser.add_argument("--spread", nargs="+", metavar="DEMO_JSON",
+                        help="train nothing: read finished runs' demo.json (e.g. one per seed) and print every figure as "
+                             "its mean [min-max] over them")
     parser.add_argument("overrides", nargs="*", help="settings as KEY=VALUE, e.g. steps=400 n_train=512 (docs/config.md)")
 
 
@@ -41,8 +44,30 @@ def settings(args):
     return to_object(load_config(None, given, DemoConfig))
 
 
+def spread(paths: list[str]) -> int:
+    from pathlib import Path
+
+    from photon.core.errors import PhotonError
+    from photon.demo.report import spread_report
+
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PhotonError(f"{path}: cannot read a demo.json ({exc})") from exc
+        if not isinstance(result, dict) or "runs" not in result:
+            raise PhotonError(f"{path}: not a finished demo's demo.json (it has no 'runs')")
+        results.append(result)
+    print(spread_report(results))
+    return 0
+
+
 def run(args):
-    from photon.demo.report import efficiency_table, findings, table, verdicts
+    from photon.demo.report import curve_table, efficiency_table, findings, table, verdicts
+
+    if args.spread:
+        return spread(args.spread)
     from photon.demo.run import run_demo
 
     cfg = settings(args)
@@ -55,9 +80,10 @@ def run(args):
     print()
     print(table(result))
     print()
-    if result.get("efficiency"):
-        print(efficiency_table(result))
-        print()
+    for extra in (curve_table(result), efficiency_table(result)):
+        if extra:
+            print(extra)
+            print()
     for line in findings(result):
         print(f"- {line}")
     print()
@@ -65,8 +91,9 @@ def run(args):
     for line in verdicts(result):
         print(f"- {line}")
     print()
-    print(f"pictures: {', '.join(result['pictures']['kept_tokens'])}; each quadrant asked of one volume: "
-          f"{result['pictures']['quadrants']}; retention over training: {result['pictures']['retention']}")
+    pictures = result["pictures"]
+    print(f"pictures: {', '.join(pictures['kept_tokens'])}; each quadrant asked of one volume: {pictures['quadrants']}; "
+          f"retention over training: {pictures['retention']}" + (f"; pruners side by side: {pictures['pruners']}" if pictures.get("pruners") else ""))
     print(f"all measurements: {cfg.out}/demo.json ({result['seconds']:.0f} s)")
     return 0
 

@@ -45,6 +45,16 @@ class DemoConfig:
     zero_shot: bool = True  # also score training-free ITS on the unpruned run's model
     random_control: bool = True  # also score random selection at Photon's measured keep ratio (the blind control)
     cases_to_draw: int = 4  # kept-token pictures (one per question kind, from the test set)
+    # Closed questions (yes/no, which quadrant, how many) also scored by the likeliest allowed answer.
+    closed_scoring: bool = True
+    # Does the selection follow the question: this many test volumes asked about each quadrant,
+    # the mean pairwise Jaccard of the four kept sets (0 skips it).
+    jaccard_volumes: int = 16
+    # The pruners side by side on the finetuned unpruned model: accuracy at each kept fraction
+    # ("photon" is training-free ITS at Photon's layer; random too; the others at their own layers),
+    # trained Photon as one point. [] in either skips it.
+    curve_pruners: list[str] = field(default_factory=lambda: ["photon", "fastv", "visionzip", "divprune", "random"])
+    curve_keep: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
     # Speed and memory where pruning pays: the same comparison on a larger random-weight model of
     # the same family (`photon bench` sizes; time does not depend on the weights), at Photon's
     # measured keep ratio and selection layer. "" skips it.

@@ -56,6 +56,16 @@ ANATOMY = {
     "right posterior": (220.0, 0.08, 0.22, 0.05, 0.045),  # vertebra-like bony ring
 }
 
+# The answers each kind allows: closed questions are also scored by which of these the model finds
+# likeliest (photon/evaluation/likelihood.py), and a free answer outside them is counted.
+CHOICES = {
+    "presence": ("yes", "no"),
+    "exists": ("yes", "no"),
+    "where": QUADRANTS,
+    "count": ("0", "1", "2", "3"),
+    "describe": ("lesion", "clear"),  # one quadrant described, as grounding asks
+}
+
 QUESTIONS = {
     "presence": "Is there a lesion? Answer yes or no.",
     "exists": "Is there a lesion in the {region} quadrant? Answer yes or no.",
@@ -315,12 +325,23 @@ def relevant_voxels(meta: dict) -> np.ndarray:
     return mask
 
 
-def to_token_grid(voxels: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
-    """(t, h, w) bool: tokens whose block of voxels touches the mask (Qwen's t-major, row, column
-    order, each token covering D/t slices and an (H/h) x (W/w) square)."""
+def token_share(voxels: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """(t, h, w) float: the share of each token's voxels inside the mask (Qwen's t-major, row,
+    column order, each token covering D/t slices and an (H/h) x (W/w) square)."""
     t, h, w = grid
     depth, height, width = voxels.shape
     if depth % t or height % h or width % w:
         raise ValueError(f"a {voxels.shape} input does not split into a {grid} token grid")
     blocks = voxels.reshape(t, depth // t, h, height // h, w, width // w)
-    return blocks.any(axis=(1, 3, 5))
+    return blocks.mean(axis=(1, 3, 5))
+
+
+def to_token_grid(voxels: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """(t, h, w) bool: tokens whose block of voxels touches the mask."""
+    return token_share(voxels, grid) > 0
+
+
+def body_tokens(shape, grid: tuple[int, int, int]) -> np.ndarray:
+    """(t, h, w) bool: tokens at least half inside the body. Coverage is judged among these (and
+    the question's own tokens), so a selection that merely prefers body to air earns nothing."""
+    return token_share(body_masks(shape)[0], grid) >= 0.5

@@ -180,16 +180,20 @@ def mix_replay(questions: Path, grounding: Path, share: float, seed: int) -> Pat
 
 # -- scoring ----------------------------------------------------------------------------------
 def coverage(selection: dict | None, meta: dict) -> tuple[float, float] | None:
-    """(kept share of the question's relevant tokens, kept share of all visual tokens), or None
-    for a question with no relevant tokens (counting an empty volume)."""
+    """(kept share of the question's relevant tokens, kept share of the body's and those tokens),
+    or None for a question with no relevant tokens (counting an empty volume). The second is what
+    a selection blind to the question covers at the same size; tokens mostly of air are left out
+    of it, so preferring body to air lifts neither figure."""
     if selection is None:
         return None
     keep = np.asarray(selection["keep"], dtype=bool)
     grid = selection["grids"][0]
-    relevant = phantoms.to_token_grid(phantoms.relevant_voxels(meta), (grid["t"], grid["h"], grid["w"])).reshape(-1)
+    grid = (grid["t"], grid["h"], grid["w"])
+    relevant = phantoms.to_token_grid(phantoms.relevant_voxels(meta), grid).reshape(-1)
     if not relevant.any():
         return None
-    return float(keep[relevant].mean()), float(keep.mean())
+    pool = relevant | phantoms.body_tokens(tuple(meta["shape"]), grid).reshape(-1)
+    return float(keep[relevant].mean()), float(keep[pool].mean())
 
 
 def ct_options(cfg: DemoConfig) -> dict:
@@ -207,11 +211,13 @@ def phantom_dataset(loaded, records: Path, cfg: DemoConfig, *, train: bool):
 
 
 def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool, on_case: Callable | None = None) -> dict:
-    """Greedy answers for every test record; accuracy, kept tokens, coverage and prefill time."""
+    """Greedy answers for every test record; accuracy, kept tokens, coverage and prefill time; and,
+    with cfg.closed_scoring, each closed question scored by its likeliest allowed answer."""
     from tqdm import tqdm
 
     from photon.bench.memory import peak_bytes, reset_peak
     from photon.core.digests import Digests
+    from photon.evaluation.likelihood import choose_answer
     from photon.inference import generate_batch, prediction_line, record_digest, run_settings, unpruned
     from photon.wrapping import rule_of
 
@@ -242,8 +248,15 @@ def evaluate(loaded, records: Path, cfg: DemoConfig, label: str, *, prune: bool,
                 reference = entry.messages[-1]["content"]
                 covered = coverage(result.selection, entry.meta)
                 kept_length = length - result.n_visual + result.n_kept
+                choices = phantoms.CHOICES.get(entry.meta["kind"])
+                closed = None
+                if cfg.closed_scoring and choices:
+                    chosen, _ = choose_answer(loaded, dataset.load_sample(i), choices)
+                    closed = normalise(chosen) == normalise(reference)
                 rows.append({
                     "kind": entry.meta["kind"], "correct": normalise(result.answer) == normalise(reference),
+                    "closed_correct": closed,
+                    "outside": None if not choices else normalise(result.answer) not in {normalise(c) for c in choices},
                     "n_visual": result.n_visual, "n_kept": result.n_kept, "prefill_s": result.prefill_s,
                     "coverage": None if covered is None else covered[0], "blind": None if covered is None else covered[1],
                     "llm_prefill_flops": flops.prefill(dims, length, kept_length, layer, logits=1),
@@ -269,6 +282,12 @@ def summarise(rows: list[dict], peak: int | None, predictions: Path, *, pruned: 
         "cases": len(rows),
         "accuracy": mean(float(r["correct"]) for r in rows),
         "accuracy_by_kind": {k: mean(float(r["correct"]) for r in rows if r["kind"] == k) for k in phantoms.KINDS},
+        # Closed questions scored as closed: the likeliest allowed answer (None where not scored).
+        "closed_accuracy": mean(float(r["closed_correct"]) for r in rows if r["closed_correct"] is not None),
+        "closed_accuracy_by_kind": {k: mean(float(r["closed_correct"]) for r in rows if r["kind"] == k and r["closed_correct"] is not None)
+                                    for k in phantoms.KINDS},
+        # The share of free answers that are none of the allowed ones ("anterior: lesion.", "ion").
+        "outside_share": mean(float(r["outside"]) for r in rows if r["outside"] is not None),
         "visual_tokens": mean(r["n_visual"] for r in rows),
         "kept_tokens": mean(r["n_kept"] for r in rows),
         "keep_ratio": mean(r["n_kept"] / r["n_visual"] for r in rows if r["n_visual"]),
@@ -408,15 +427,13 @@ def pick_quadrant_case(test_records: Path) -> dict:
     return next((r for r in rows if 1 <= len(r["meta"]["lesions"]) <= 2), rows[0])
 
 
-def draw_four_quadrants(loaded, cfg: DemoConfig, test_records: Path, path: Path) -> str:
-    """One test volume asked about each quadrant in turn, the kept tokens side by side (one row per
-    question): the selection should move with the question."""
-    from PIL import Image
+def ask_each_region(loaded, cfg: DemoConfig, case: dict, records: Path) -> tuple[Any, list]:
+    """One volume (a test record) asked whether each quadrant holds a lesion, in one batch:
+    (the dataset of those four records, written to `records`, and the four answers)."""
+    import torch
 
-    from photon.inference import generate_batch, load_inputs
-    from photon.visualize import draw_medium, token_grids
+    from photon.inference import generate_batch
 
-    case = pick_quadrant_case(test_records)
     lines = []
     for region in phantoms.QUADRANTS:
         held = region in {lesion["quadrant"] for lesion in case["meta"]["lesions"]}
@@ -426,16 +443,48 @@ def draw_four_quadrants(loaded, cfg: DemoConfig, test_records: Path, path: Path)
             "messages": [{"role": "user", "content": "<video>" + question}, {"role": "assistant", "content": "yes" if held else "no"}],
             "meta": {**case["meta"], "kind": "exists", "region": region},
         }) + "\n")
-    records = test_records.with_name("quadrants.jsonl")
     records.write_text("".join(lines))
     dataset = phantom_dataset(loaded, records, cfg, train=False)
-    model = loaded.model
-    model.eval()
-    model._photon.plan = None
-    import torch
-
+    loaded.model.eval()
+    loaded.model._photon.plan = None
     with torch.no_grad():
         results = generate_batch(loaded, loaded.encoder.collate([dataset[i] for i in range(len(dataset))]), cfg.max_new_tokens)
+    return dataset, results
+
+
+def mean_pairwise_jaccard(keeps: list[np.ndarray]) -> float | None:
+    """Mean Jaccard index over every pair of kept sets (1: the same tokens whatever was asked)."""
+    pairs = [(a, b) for n, a in enumerate(keeps) for b in keeps[n + 1:]]
+    scores = [float((a & b).sum() / (a | b).sum()) if (a | b).any() else 1.0 for a, b in pairs]
+    return sum(scores) / len(scores) if scores else None
+
+
+def region_jaccard(loaded, cfg: DemoConfig, test_records: Path) -> dict | None:
+    """Whether the selection follows the question: each of the first cfg.jaccard_volumes test
+    volumes asked about each quadrant; the mean pairwise Jaccard of the four kept sets."""
+    if cfg.jaccard_volumes < 1:
+        return None
+    rows = [json.loads(line) for line in test_records.read_text().splitlines()][: cfg.jaccard_volumes]
+    per_volume = []
+    for case in rows:
+        _, results = ask_each_region(loaded, cfg, case, test_records.with_name("regions-asked.jsonl"))
+        if any(r.selection is None for r in results):
+            return None
+        per_volume.append(mean_pairwise_jaccard([np.asarray(r.selection["keep"], dtype=bool) for r in results]))
+    return {"mean": sum(per_volume) / len(per_volume), "min": min(per_volume), "max": max(per_volume),
+            "volumes": len(per_volume)}
+
+
+def draw_four_quadrants(loaded, cfg: DemoConfig, test_records: Path, path: Path) -> tuple[str, float | None]:
+    """One test volume asked about each quadrant in turn, the kept tokens side by side (one row per
+    question): the selection should move with the question. Returns the picture and the four kept
+    sets' mean pairwise Jaccard."""
+    from PIL import Image
+
+    from photon.inference import load_inputs
+    from photon.visualize import draw_medium, token_grids
+
+    dataset, results = ask_each_region(loaded, cfg, pick_quadrant_case(test_records), test_records.with_name("quadrants.jsonl"))
     frames = load_inputs([path for _, path in dataset.entries[0].media], ct_options(cfg))[0].frames
     panels = []
     for entry, result in zip(dataset.entries, results):
@@ -452,7 +501,76 @@ def draw_four_quadrants(loaded, cfg: DemoConfig, test_records: Path, path: Path)
         sheet.paste(panel, (0, top))
         top += panel.height
     sheet.save(path, format="PNG")
-    return str(path)
+    return str(path), mean_pairwise_jaccard([np.asarray(r.selection["keep"], dtype=bool) for r in results])
+
+
+# -- the pruners side by side ---------------------------------------------------------------------
+CURVE_NAMES = {"photon": "zero-shot ITS"}  # what the plot and table call a pruner run training-free
+AT_PHOTON_LAYER = ("photon", "random")  # these select at Photon's layer; the others where their papers do
+
+
+def pruner_curve(loaded, cfg: DemoConfig, test_records: Path, layer: int, trained: dict) -> dict | None:
+    """Accuracy against the kept fraction for each of cfg.curve_pruners on the finetuned unpruned
+    model (training-free), trained Photon as one point: {"rows": [...], "photon": {...}}."""
+    import photon
+
+    if not cfg.curve_pruners or not cfg.curve_keep:
+        return None
+    rows = []
+    for keep in cfg.curve_keep:
+        for pruner in cfg.curve_pruners:
+            photon.attach(loaded.model, pruner=pruner, mode="zero_shot", keep_ratio=keep,
+                          **({"layer": layer} if pruner in AT_PHOTON_LAYER else {}))
+            scored = evaluate(loaded, test_records, cfg, f"curve-{pruner}@{keep:g}", prune=True)
+            rows.append({"pruner": CURVE_NAMES.get(pruner, pruner), "keep": keep, "layer": loaded.model._photon.layer,
+                         **{k: scored[k] for k in CURVE_FIELDS}})
+    return {"rows": rows, "photon": {k: trained.get(k) for k in CURVE_FIELDS}}
+
+
+CURVE_FIELDS = ("keep_ratio", "accuracy", "closed_accuracy", "accuracy_by_kind", "outside_share",
+                "relevant_coverage", "blind_coverage", "predictions")
+
+
+def answer_prior(train_records: Path, test_records: Path) -> float:
+    return prior_accuracy(train_records, test_records)[0]
+
+
+def write_curve_plot(curve: dict, path: Path, prior: float | None = None) -> Path:
+    """Accuracy (free answers, solid; closed scoring, dotted) against the kept fraction, one
+    line per pruner, trained Photon as a star; the answer prior as a grey line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    names = list(dict.fromkeys(r["pruner"] for r in curve["rows"]))
+    for n, name in enumerate(names):
+        mine = sorted((r for r in curve["rows"] if r["pruner"] == name), key=lambda r: r["keep_ratio"])
+        xs = [r["keep_ratio"] for r in mine]
+        axis.plot(xs, [r["accuracy"] for r in mine], marker="o", color=f"C{n}", label=name)
+        if all(r["closed_accuracy"] is not None for r in mine):
+            axis.plot(xs, [r["closed_accuracy"] for r in mine], linestyle=":", marker=".", color=f"C{n}")
+    point = curve["photon"]
+    if point.get("keep_ratio") is not None:
+        axis.plot([point["keep_ratio"]], [point["accuracy"]], marker="*", markersize=14, color="black", linestyle="none",
+                  label="Photon (trained)")
+        if point.get("closed_accuracy") is not None:
+            axis.plot([point["keep_ratio"]], [point["closed_accuracy"]], marker="*", markersize=9, color="grey",
+                      linestyle="none", label="Photon (trained), closed scoring")
+    if prior is not None:
+        axis.axhline(prior, color="grey", linewidth=0.8, linestyle="--", label="answer prior")
+    axis.set_xlabel("fraction of visual tokens kept")
+    axis.set_ylabel("accuracy (solid: free answers; dotted: likeliest allowed answer)")
+    axis.set_ylim(0, 1)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title("pruners on the finetuned unpruned model, held-out phantoms", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 # -- where pruning pays: the same comparison on a larger random-weight model ----------------------
@@ -542,19 +660,23 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         photon.attach(base.model, mode="zero_shot", layer=layer)
         drawer = CaseDrawer(base, cfg, out, "zero-shot")
         runs["zero-shot ITS"] = {"training": None, **evaluate(base, test_records, cfg, "zero-shot", prune=True, on_case=drawer)}
+        runs["zero-shot ITS"]["region_jaccard"] = region_jaccard(base, cfg, test_records)
         pictures += drawer.written
         timed.append(Timed("zero-shot ITS", base, prune=True, train=False))
     drawer = CaseDrawer(trained, cfg, out, "photon")
     runs["photon"].update(evaluate(trained, test_records, cfg, "photon", prune=True, on_case=drawer))
     pictures += drawer.written
-    quadrants = draw_four_quadrants(trained, cfg, test_records, out / "quadrants-photon.png")
+    quadrants, quadrants_jaccard = draw_four_quadrants(trained, cfg, test_records, out / "quadrants-photon.png")
+    runs["photon"]["region_jaccard"] = region_jaccard(trained, cfg, test_records)
     timed.insert(1, Timed("photon", trained, prune=True, train=True))
     for label, timing in time_side_by_side(timed, train_records, test_records, cfg).items():
         runs[label]["timing"] = timing
     if cfg.random_control:
-        # The blind control: the same trained model, tokens kept at random at Photon's own rate.
-        photon.attach(trained.model, pruner="random", keep_ratio=runs["photon"]["keep_ratio"])
+        # The blind control: the same trained model, tokens kept at random at Photon's own rate and layer.
+        photon.attach(trained.model, pruner="random", keep_ratio=runs["photon"]["keep_ratio"], layer=layer)
         runs["random"] = {"training": None, "timing": None, **evaluate(trained, test_records, cfg, "random", prune=True)}
+    curve = pruner_curve(base, cfg, test_records, layer, runs["photon"])
+    curve_picture = write_curve_plot(curve, out / "pruners.png", answer_prior(train_records, test_records)) if curve else None
     del base, trained
     gc.collect()
 
@@ -573,7 +695,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         "answer_prior_accuracy": prior,
         "answer_prior_by_kind": prior_by_kind,
         "pruned_steps": [min(pruned_steps), max(pruned_steps)] if pruned_steps else None,
-        "pictures": {"kept_tokens": pictures, "quadrants": quadrants, "retention": str(retention)},
+        "quadrants_jaccard": quadrants_jaccard,  # the quadrant picture's four kept sets (Photon)
+        "pruner_curve": curve,
+        "pictures": {"kept_tokens": pictures, "quadrants": quadrants, "retention": str(retention),
+                     "pruners": None if curve_picture is None else str(curve_picture)},
         "seconds": round(time.perf_counter() - started, 1),
     }
     from photon.demo.report import targets
