@@ -46,7 +46,6 @@ def plot_training(log: str | Path, out: str | Path | None = None, window: int = 
 
     rows = read_log(log)
     out = Path(out) if out else Path(log).with_suffix(".png")
-    steps = [r["step"] for r in rows]
 
     def series(key):
         return [(r["step"], r[key]) for r in rows if r.get(key) is not None]
