@@ -279,10 +279,10 @@ def spread_report(results: list[dict]) -> str:
                 found = [row for c in curves for row in c["rows"] if row["pruner"] == name and row["keep"] == keep]
                 cells.append(f"{_spread([f['accuracy'] for f in found])} ({_spread([f['closed_accuracy'] for f in found])})")
             body.append([name, *cells])
-        body.append(["trained Photon (its own keep)", _spread([c["photon"].get("accuracy") for c in curves])
-                     + f" ({_spread([c['photon'].get('closed_accuracy') for c in curves])}) at keep "
-                     + _spread([c["photon"].get("keep_ratio") for c in curves]), *[""] * (len(keeps) - 1)])
-        lines += ["", _markdown(head, body)]
+        lines += ["", _markdown(head, body),
+                  f"trained Photon: {_spread([c['photon'].get('accuracy') for c in curves])} "
+                  f"({_spread([c['photon'].get('closed_accuracy') for c in curves])}) at keep "
+                  f"{_spread([c['photon'].get('keep_ratio') for c in curves])}"]
     scaled = [r["efficiency"] for r in results if r.get("efficiency")]
     if scaled:
         lines += ["", f"{scaled[0]['model']}, {scaled[0]['visual_tokens']} visual tokens, Photon over unpruned: prefill "

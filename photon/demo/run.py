@@ -561,11 +561,12 @@ def write_curve_plot(curve: dict, path: Path, prior: float | None = None) -> Pat
     if prior is not None:
         axis.axhline(prior, color="grey", linewidth=0.8, linestyle="--", label="answer prior")
     axis.set_xlabel("fraction of visual tokens kept")
-    axis.set_ylabel("accuracy (solid: free answers; dotted: likeliest allowed answer)")
+    axis.set_ylabel("accuracy")
     axis.set_ylim(0, 1)
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=7)
-    axis.set_title("pruners on the finetuned unpruned model, held-out phantoms", fontsize=9)
+    axis.set_title("pruners on the finetuned unpruned model, held-out phantoms\n"
+                   "solid: free answers; dotted: the likeliest allowed answer", fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
