@@ -507,6 +507,8 @@ def draw_four_quadrants(loaded, cfg: DemoConfig, test_records: Path, path: Path)
 # -- the pruners side by side ---------------------------------------------------------------------
 CURVE_NAMES = {"photon": "zero-shot ITS"}  # what the plot and table call a pruner run training-free
 AT_PHOTON_LAYER = ("photon", "random")  # these select at Photon's layer; the others where their papers do
+CURVE_FIELDS = ("keep_ratio", "accuracy", "closed_accuracy", "accuracy_by_kind", "outside_share",
+                "relevant_coverage", "blind_coverage", "predictions")
 
 
 def pruner_curve(loaded, cfg: DemoConfig, test_records: Path, layer: int, trained: dict) -> dict | None:
@@ -525,14 +527,6 @@ def pruner_curve(loaded, cfg: DemoConfig, test_records: Path, layer: int, traine
             rows.append({"pruner": CURVE_NAMES.get(pruner, pruner), "keep": keep, "layer": loaded.model._photon.layer,
                          **{k: scored[k] for k in CURVE_FIELDS}})
     return {"rows": rows, "photon": {k: trained.get(k) for k in CURVE_FIELDS}}
-
-
-CURVE_FIELDS = ("keep_ratio", "accuracy", "closed_accuracy", "accuracy_by_kind", "outside_share",
-                "relevant_coverage", "blind_coverage", "predictions")
-
-
-def answer_prior(train_records: Path, test_records: Path) -> float:
-    return prior_accuracy(train_records, test_records)[0]
 
 
 def write_curve_plot(curve: dict, path: Path, prior: float | None = None) -> Path:
@@ -676,8 +670,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         # The blind control: the same trained model, tokens kept at random at Photon's own rate and layer.
         photon.attach(trained.model, pruner="random", keep_ratio=runs["photon"]["keep_ratio"], layer=layer)
         runs["random"] = {"training": None, "timing": None, **evaluate(trained, test_records, cfg, "random", prune=True)}
+    prior, prior_by_kind = prior_accuracy(train_records, test_records)
     curve = pruner_curve(base, cfg, test_records, layer, runs["photon"])
-    curve_picture = write_curve_plot(curve, out / "pruners.png", answer_prior(train_records, test_records)) if curve else None
+    curve_picture = write_curve_plot(curve, out / "pruners.png", prior) if curve else None
     del base, trained
     gc.collect()
 
@@ -687,7 +682,6 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     else:
         say("[6/6] no larger model timed (efficiency_size is empty)")
     scaled = efficiency(cfg, runs["photon"]["keep_ratio"], layer)
-    prior, prior_by_kind = prior_accuracy(train_records, test_records)
     result = {
         "settings": dataclasses.asdict(cfg),
         "grounding": {**grounding, "folder": str(grounded), "cached": cached},
