@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from photon.adapters.base import Loaded
 from photon.bench.clock import synchronize
 from photon.core.api import runtime_of
 from photon.core.errors import PhotonError
+from photon.core.files import write_atomic
 from photon.modalities.base import Media, choose_loader
 from photon.modalities.dataset import PhotonDataset, Problem, Sample, print_problem
 from photon.wrapping import media_options as default_options
@@ -378,7 +378,7 @@ def reconcile(out: Path, dataset, data: str | Path, run: dict[str, str], setting
     text = "".join(rows[i][0] + "\n" for i in ranked)
     if not out.is_file() or out.read_text(encoding="utf-8") != text:  # folded parts, dropped or cut lines
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out, text)
+        write_atomic(out, text)
     for stale in part_files(out):
         stale.unlink(missing_ok=True)
     return set(ranked)
@@ -517,7 +517,7 @@ def infer(
         outcome = InferOutcome(written, resumed, len(dataset.problems), out, seconds)
         if sharded:
             facts = {"rank": shard.rank, "written": written, "resumed": resumed, "skipped": len(dataset.problems), "seconds": seconds}
-            _write_atomic(shard.stats(out), json.dumps(facts))
+            write_atomic(shard.stats(out), json.dumps(facts))
             shard.barrier()  # every part and its facts are complete
             ranks = [json.loads(shard.stats(out, rank).read_text()) for rank in range(shard.size)]
             shard.barrier()  # every rank has read the facts before rank 0 removes them
@@ -532,12 +532,6 @@ def infer(
             outcome.resumed = sum(r["resumed"] for r in ranks)
             outcome.ranks = ranks
     return outcome
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _part_lines(out: Path, shard: Shard) -> int:
@@ -562,7 +556,7 @@ def merge_parts(dataset, out: Path, shard: Shard) -> None:
     order = {entry.id: n for n, entry in enumerate(dataset.entries)}
     ranked = sorted(rows, key=lambda i: (order.get(i, len(order)), i))
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, "".join(rows[i] + "\n" for i in ranked))
+    write_atomic(out, "".join(rows[i] + "\n" for i in ranked))
     for rank in range(shard.size):
         shard.stats(out, rank).unlink(missing_ok=True)
         shard.part(out, rank).unlink(missing_ok=True)

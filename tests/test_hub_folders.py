@@ -15,7 +15,7 @@ from PIL import Image
 
 import photon
 from photon.adapters.qwen_inputs import QwenEncoder, collapse_placeholders
-from photon.adapters.tokenizer import qwen2_5_tokenizer, qwen3_tokenizer
+from photon.adapters.tokenizer import qwen2_5_tokenizer
 from photon.cli import main
 from photon.core.errors import PhotonError
 from photon.modalities.base import Media

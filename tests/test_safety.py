@@ -338,3 +338,27 @@ def test_predictions_without_a_record_digest_are_not_taken_on_trust(records, tmp
     assert code == 2 and "3 carry no record digest (written by an older Photon)" in err
     code, _, err = infer(capsys, records, out, "--on-change", "redo")
     assert code == 0 and "wrote 3 predictions" in err and all(line["record"] for line in lines(out))
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    """Reports, records and weights written through a temporary file are readable as a plain
+    open() would leave them (mkstemp alone makes them 0600); a write that fails leaves the old file."""
+    from photon.core.files import write_atomic, write_atomically
+
+    previous = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        atomic = tmp_path / "report.json"
+        write_atomic(atomic, "{}")
+        assert (atomic.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == 0o644
+
+        def broken(stream):
+            stream.write("half")
+            raise OSError("disk full")
+
+        with pytest.raises(OSError, match="disk full"):
+            write_atomically(atomic, broken, mode="w")
+        assert atomic.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "report.json"]
+    finally:
+        os.umask(previous)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from photon.cli import Command
@@ -95,11 +93,9 @@ def options_from(args):
 
 
 def write_json(path: str, result: dict) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(handle.name, target)
+    from photon.core.files import write_atomic
+
+    write_atomic(path, json.dumps(result, indent=2))
 
 
 def run(args):

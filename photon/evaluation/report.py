@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from photon.core.files import write_atomic
 
 # Efficiency columns shown in markdown (the JSON has every field of cases.EFFICIENCY_FIELDS).
 SHOWN_EFFICIENCY = (("n_kept", "kept tokens", "{:.1f}"), ("keep_ratio", "keep ratio", "{:.3f}"), ("total_s", "s/case", "{:.3f}"))
@@ -99,18 +99,6 @@ def compare_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:

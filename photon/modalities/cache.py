@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from photon.core.files import write_atomically
 from photon.modalities.base import Media
 
 
@@ -31,19 +30,6 @@ def source_stamp(path: Path) -> list:
 def cache_key(path: Path, modality: str, options: dict[str, Any]) -> str:
     payload = json.dumps([str(path.resolve()), source_stamp(path), modality, options], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def write_atomically(target: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through `write(handle)` to a temporary file beside `target`, then rename it over `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, mode) as stream:
-            write(stream)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class MediaCache:

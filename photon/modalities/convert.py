@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from photon.core.errors import PhotonError
-from photon.modalities.cache import write_atomically
+from photon.core.files import write_atomically
 from photon.modalities.volumes import is_nifti, strip_volume_suffix
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
