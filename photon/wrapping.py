@@ -72,8 +72,8 @@ def media_options(loaded: Loaded, overrides: dict[str, dict[str, Any]] | None = 
 def random_weights_note(loaded: Loaded) -> str | None:
     """What to tell users of the offline test backbones, whose weights are seeded noise."""
     registered = plugins.backbones().get(loaded.backbone)
-    if registered is None or registered.obj.source is not None:
-        return None
+    if registered is None or registered.obj.source is not None or registered.obj.extras.get("weights"):
+        return None  # a hub release, or built in memory with shipped weights (the demo backbone)
     return f"note: {loaded.backbone} has random seeded weights (an offline test backbone): its answers are meaningless"
 
 

@@ -306,7 +306,7 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "grounding"
     command = [sys.executable, "-m", "photon", "demo", "--json", "--out", str(out),
                "n_train=8", "n_test=6", "steps=5", "batch_size=2", "eval_batch_size=4", "volume=[4,56,56]", "timing_rounds=1",
-               "grounding_volumes=4", "grounding_steps=3", f"grounding_cache={cache}", "efficiency_size=tiny",
+               "grounding_volumes=4", f"grounding_cache={cache}", "efficiency_size=tiny",
                "efficiency_visual_tokens=64"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -333,13 +333,15 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     if runs["photon"]["training"]["peak_memory_mb"] is not None:  # Linux: the peak RSS can be reset
         for label in ("unpruned", "photon"):
             assert 0 < runs[label]["timing"]["train_step_memory_mb"] < runs[label]["training"]["peak_memory_mb"]
-    # Both compared runs started from the grounded checkpoint, which trained once on descriptions.
+    # Both compared runs started from the shipped demo backbone, as pretrained (no grounding stage).
+    from photon.demo import backbone
+
     grounding = result["grounding"]
-    assert grounding["cached"] is False and grounding["training"]["steps"] == 3
-    assert Path(grounding["folder"]).parent == cache and (Path(grounding["folder"]) / "grounded.json").is_file()
+    assert grounding["backbone"] == backbone.NAME and "folder" not in grounding
+    assert grounding["pretrained"]["steps"] == backbone.facts_of()["settings"]["steps"]
     for label in ("unpruned", "photon"):
         config = (out / "runs" / label / "config.yaml").read_text()
-        assert f"checkpoint: {grounding['folder']}" in config, label
+        assert f"backbone: {backbone.NAME}" in config and "checkpoint: null" in config, label
     finetuned = [json.loads(line) for line in (out / "data" / "finetune.jsonl").read_text().splitlines()]
     assert sum(r["meta"]["kind"] == "describe" for r in finetuned) == 3  # replay: a quarter of 8 + 3
     log = [json.loads(line) for line in (out / "runs/photon/log.jsonl").read_text().splitlines()]
@@ -380,14 +382,19 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     assert Image.open(pictures["retention"]).size[0] > 100
     sheet = Image.open(pictures["quadrants"])  # four questions about one volume, one row each
     assert sheet.format == "PNG" and sheet.size[1] > 3 * sheet.size[0] / 4
-    # A second demo with the same grounding settings reuses the grounded backbone.
-    again = subprocess.run(command[:6] + [str(tmp_path / "again")] + command[7:], capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads(again.stdout)["grounding"]["cached"] is True and "reused the grounded backbone" in again.stderr
-    # The grounded backbone was asked about each quadrant of the 6 test volumes, each run.
+    # The starting backbone was asked about each quadrant of the 6 test volumes.
     check = grounding["check"]
     assert check["cases"] == 24 and 0 <= check["region_accuracy"] <= 1 and 0.5 <= check["region_prior"] <= 1
     assert len(Path(check["predictions"]).read_text().splitlines()) == 24
+    # With grounding_steps, the backbone is first grounded on descriptions (cached), and both runs start there.
+    again = subprocess.run(command[:6] + [str(tmp_path / "again")] + command[7:] + ["grounding_steps=3"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    grounded = json.loads(again.stdout)["grounding"]
+    assert grounded["cached"] is False and grounded["training"]["steps"] == 3 and grounded["check"]["cases"] == 24
+    assert Path(grounded["folder"]).parent == cache and (Path(grounded["folder"]) / "grounded.json").is_file()
+    for label in ("unpruned", "photon"):
+        assert f"checkpoint: {grounded['folder']}" in (tmp_path / "again" / "runs" / label / "config.yaml").read_text(), label
 
 
 def test_overlays_frame_the_questions_region():

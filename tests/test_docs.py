@@ -41,9 +41,10 @@ def _keys(schema, prefix=""):
 
 
 from photon.demo.config import DemoConfig  # noqa: E402
+from photon.demo.pretrain import PretrainConfig  # noqa: E402
 from photon.training.config import TrainConfig  # noqa: E402
 
-DOCUMENTED_SCHEMAS = [config_module.PhotonConfig, TrainConfig, DataConfig, DemoConfig]
+DOCUMENTED_SCHEMAS = [config_module.PhotonConfig, TrainConfig, DataConfig, DemoConfig, PretrainConfig]
 
 
 @pytest.mark.parametrize("key", [k for s in DOCUMENTED_SCHEMAS for k in _keys(s)])

@@ -228,10 +228,10 @@ def encoder_for(family: QwenFamily, model, tokenizer, processor_config: dict | N
 
 
 # -- loading ------------------------------------------------------------------------------
-def tiny_config(family: QwenFamily, attn_implementation: str = "sdpa", **text_overrides):
+def tiny_config(family: QwenFamily, attn_implementation: str = "sdpa", vision: dict | None = None, **text_overrides):
     text = {**family.tiny[0], **text_overrides}
     # The merger (and DeepStack) project ViT features to the LLM width: follow a resized text model.
-    vision = {**family.tiny[1], "out_hidden_size": text["hidden_size"]}
+    vision = {**family.tiny[1], **(vision or {}), "out_hidden_size": text["hidden_size"]}
     config = family.cls("config")(text_config=text, vision_config=vision, tie_word_embeddings=True)
     config._attn_implementation = attn_implementation
     return config
@@ -245,12 +245,14 @@ def load_tiny(
     attn_implementation: str = "sdpa",
     volume_embedding: str | None = None,
     dtype: torch.dtype | None = None,
+    vision: dict | None = None,
     **text_overrides,
 ) -> Loaded:
-    """The real architecture, small and random: seeded, offline, for tests and the demo."""
+    """The real architecture, small and random: seeded, offline, for tests and the demo. `vision`
+    and `text_overrides` resize it (the demo backbone, photon/demo/backbone.py)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = family.cls("model")(tiny_config(family, attn_implementation, **text_overrides))
+        model = family.cls("model")(tiny_config(family, attn_implementation, vision, **text_overrides))
         if volume_embedding:
             install_volume_embedding(family, model, init=volume_embedding, seed=seed)
     model.eval()

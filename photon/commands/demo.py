@@ -18,6 +18,9 @@ def configure(parser):
     parser.add_argument("--spread", nargs="+", metavar="DEMO_JSON",
                         help="train nothing: read finished runs' demo.json (e.g. one per seed) and print every figure as "
                              "its mean [min-max] over them")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="train nothing for the demo: make the demo backbone it starts from (hours on 2 CPU cores; "
+                             "writes photon/demo/backbone.safetensors unless weights=PATH); KEY=VALUE set its own settings")
     parser.add_argument("overrides", nargs="*", help="settings as KEY=VALUE, e.g. steps=400 n_train=512 (docs/config.md)")
 
 
@@ -63,11 +66,26 @@ def spread(paths: list[str]) -> int:
     return 0
 
 
+def pretrain(args) -> int:
+    from photon.core.config import load_config, to_object
+    from photon.demo.pretrain import PretrainConfig, pretrain as make_backbone
+
+    given = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = to_object(load_config(None, given, PretrainConfig))
+    result = make_backbone(cfg)
+    last = result["checks"][-1]
+    print(f"demo backbone: {result['weights']} ({result['vocabulary_size']} embedding rows); held-out accuracy (prior) at step "
+          f"{last['step']}: " + ", ".join(f"{k} {v['accuracy']:.2f} ({v['prior']:.2f})" for k, v in sorted(last["held_out"].items())))
+    return 0
+
+
 def run(args):
     from photon.demo.report import curve_table, efficiency_table, findings, table, verdicts
 
     if args.spread:
         return spread(args.spread)
+    if args.pretrain:
+        return pretrain(args)
     from photon.demo.run import run_demo
 
     cfg = settings(args)

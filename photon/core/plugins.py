@@ -20,6 +20,7 @@ from photon.core import hookspecs
 BUILTIN_PLUGINS = (
     "photon.adapters.qwen2_5_vl",
     "photon.adapters.qwen3_vl",
+    "photon.demo.backbone",
     "photon.core.pruners",
     "photon.pruners.random_keep",
     "photon.pruners.ise_topk",

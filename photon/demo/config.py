@@ -9,26 +9,33 @@ from dataclasses import dataclass, field
 class DemoConfig:
     out: str = "runs/demo"  # data, training runs, pictures and demo.json go here
     seed: int = 0  # the phantom set, the data order and the model's initial weights
-    backbone: str = "qwen2.5-vl-tiny"  # any registered backbone; the default needs no download
+    # The shipped demo backbone (photon/demo/backbone.py), pretrained on phantoms of this kind by
+    # `photon demo --pretrain`; any registered backbone works (qwen2.5-vl-tiny: random weights, then
+    # set grounding_steps to ground it first).
+    backbone: str = "qwen2.5-vl-demo"
     n_train: int = 256  # phantom cases to finetune on
     n_test: int = 64  # held-out cases to score
     # Model input (D, H, W): 16 axial slices of 112 x 112 make 8 x 4 x 4 = 128 visual tokens on
     # Qwen2.5-VL (each quadrant 32). Larger slices work too but learn slower and cost more per step.
     volume: list[int] = field(default_factory=lambda: [16, 112, 112])
-    # Grounding: what pretraining gives a released model. The backbone first learns region-wise
+    # Grounding, for a backbone that was not pretrained on phantoms: it first learns region-wise
     # descriptions of other phantoms ("left anterior: lesion. right anterior: clear. ..."); both
     # compared runs start from it. Trained once per setting and cached under grounding_cache.
+    # 0 (the default) starts from the backbone as loaded. The descriptions are written either way
+    # (finetuning replays a share of them).
     grounding_volumes: int = 128  # volumes described (five records each: all regions, then each)
-    grounding_steps: int = 250
+    grounding_steps: int = 0
     grounding_lr: float = 3.0e-3
     grounding_cache: str = "runs/demo-grounding"  # <cache>/<key of the settings>/ holds the grounded model
     replay: float = 0.25  # share of each finetuning set drawn from the grounding descriptions (both runs)
     steps: int = 400  # finetuning optimiser steps per run; Photon's stage boundaries scale to this
-    # Kept frozen while finetuning (both runs): the grounded token embedding, tied to the LM head,
-    # is 96% of the tiny model's parameters; freezing it halves a step's time.
+    # Kept frozen while finetuning (both runs): the token embedding, tied to the LM head, as pretraining
+    # (or grounding) left it; it is most of the model's parameters, and freezing it halves a step's time.
     freeze: list[str] = field(default_factory=lambda: ["lm_head.weight"])
     batch_size: int = 4
-    lr: float = 1.0e-3  # a random-initialised tiny model needs a larger rate than a released one (3e-3 collapsed to priors)
+    # Finetuning rate of both runs (LLM, vision tower and Photon's predictor): half the pretraining's
+    # peak, since both start from the pretrained backbone (a random-initialised one needs 1e-3).
+    lr: float = 5.0e-4
     warmup_ratio: float = 0.05
     eval_batch_size: int = 8
     timing_rounds: int = 5  # interleaved rounds timing prefill and a training step (the fastest counts)
@@ -64,5 +71,5 @@ class DemoConfig:
 
 
 # `photon demo --quick`: the same demo at a size that runs in about three minutes on 2 CPU cores.
-QUICK = {"n_train": 96, "n_test": 32, "steps": 80, "volume": [8, 112, 112], "grounding_volumes": 48,
-         "grounding_steps": 90, "efficiency_visual_tokens": 512, "timing_rounds": 3}
+QUICK = {"n_train": 96, "n_test": 32, "steps": 80, "grounding_volumes": 48,
+         "efficiency_visual_tokens": 512, "timing_rounds": 3}

@@ -38,14 +38,22 @@ import numpy as np
 
 QUADRANTS = ("left anterior", "right anterior", "left posterior", "right posterior")
 KINDS = ("presence", "exists", "where", "count")
-SPLITS = ("train", "test", "ground")
+SPLITS = ("train", "test", "ground", "pretrain", "pretrain-check")
 KIND_PROBS = (0.4, 0.3, 0.15, 0.15)
 LESION_COUNT_PROBS = (0.1, 0.3, 0.3, 0.3)  # 0, 1, 2, 3 lesions (exists and count questions)
 PRESENCE_COUNT_PROBS = (0.5, 0.25, 0.15, 0.1)  # presence questions: half the volumes hold none
+# Pretraining volumes: every answer of every kind common enough to learn (presence yes 0.7, a
+# quadrant holding one 0.34, "where" asked of the quarter with a single lesion).
+PRETRAIN_COUNT_PROBS = (0.3, 0.25, 0.25, 0.2)
 FOV_MM = 240.0  # in-plane field of view, whatever the pixel count
 SLICE_MM = 8.0  # axial slice thickness
-RADIUS_MM = (10.0, 24.0)
+RADIUS_MM = (14.0, 26.0)  # a lesion spans most of a merged token (28 pixels, 60 mm) or more
 AIR, TISSUE, LUNG, LESION = -1000.0, 40.0, -850.0, 600.0  # enhancing lesions
+# The scanner couch under every patient: the brightest thing in every volume, so the loader's
+# per-volume min-max maps HU to one scale for every phantom (air 0, couch 1) whether or not it
+# holds a lesion; without it a lesion would rescale the whole volume, a shortcut to "is there one".
+COUCH = 1000.0
+COUCH_MM = (0.43, 0.46)  # its rows, as fractions of the field of view below the centre (posterior)
 NOISE_HU = 12.0
 # Each quadrant's own structure: (HU, centre x, centre y, radius x, radius y) with x patient-left ->
 # right and y anterior -> posterior as fractions of the field of view; a ring has a hollow centre.
@@ -198,6 +206,8 @@ def render(case: Case, rng: np.random.Generator) -> np.ndarray:
     for quadrant, mask in anatomy_masks(case.shape).items():
         volume[mask & body] = ANATOMY[quadrant][0]
     volume += rng.normal(0.0, NOISE_HU, case.shape).astype(np.float32) * body
+    _, y, _ = _grid_mm(case.shape)
+    volume[:, ((y >= COUCH_MM[0] * FOV_MM) & (y < COUCH_MM[1] * FOV_MM))[0, :, 0], :] = COUCH
     for lesion in case.lesions:
         volume[lesion_mask(lesion, case.shape)] = LESION + rng.normal(0.0, NOISE_HU)
     return volume
@@ -345,3 +355,51 @@ def body_tokens(shape, grid: tuple[int, int, int]) -> np.ndarray:
     """(t, h, w) bool: tokens at least half inside the body. Coverage is judged among these (and
     the question's own tokens), so a selection that merely prefers body to air earns nothing."""
     return token_share(body_masks(shape)[0], grid) >= 0.5
+
+
+# -- pretraining the demo backbone: every question about every volume -----------------------
+def pretraining_records(case: Case, videos: list[str]) -> list[dict]:
+    """Everything the demo asks, asked of one volume: its description as a whole and region by
+    region, presence, each quadrant's "exists", "where" (one lesion only) and count; each
+    answer follows from the volume alone. Twelve records (eleven without a single lesion)."""
+    held = [lesion.quadrant for lesion in case.lesions]
+    asked = [("presence", None, "yes" if held else "no")]
+    asked += [("exists", q, "yes" if q in held else "no") for q in QUADRANTS]
+    if len(held) == 1:
+        asked.append(("where", held[0], held[0]))
+    asked.append(("count", None, str(len(held))))
+    records = [description_record(case, videos, region) for region in (None, *QUADRANTS)]
+    for kind, region, answer in asked:
+        records.append({
+            "id": f"{case.id}/{kind}" + (f"/{region}".replace(" ", "-") if kind == "exists" else ""),
+            "messages": [{"role": "user", "content": "<video>" + QUESTIONS[kind].format(region=region)},
+                         {"role": "assistant", "content": answer}],
+            "videos": list(videos),
+            "meta": {**case.meta(), "kind": kind, "region": region},
+        })
+    return records
+
+
+def write_pretraining(folder: str | Path, split: str, n: int, seed: int, shape) -> Path:
+    """n volumes of the demo's kind (their own seed stream: split "pretrain" or "pretrain-check",
+    never the demo's train/test/ground streams), each asked everything (pretraining_records):
+    SPLIT.jsonl. Deterministic."""
+    import nibabel as nib
+
+    if split not in ("pretrain", "pretrain-check"):
+        raise ValueError(f"pretraining writes the 'pretrain' or 'pretrain-check' split, not {split!r}")
+    folder = Path(folder)
+    (folder / "volumes").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, SPLITS.index(split), n])
+    lines = []
+    for i in range(n):
+        count = int(rng.choice(4, p=PRETRAIN_COUNT_PROBS))
+        quadrants = [QUADRANTS[k] for k in rng.permutation(4)[:count]]
+        case = Case(f"demo-{split}-{i:05d}", "describe", DESCRIBE_ALL, "", None,
+                    tuple(_place(q, rng, shape) for q in quadrants), tuple(shape))
+        relative = f"volumes/{case.id}.nii.gz"
+        nib.save(to_nifti(render(case, rng), case.spacing), str(folder / relative))
+        lines += [json.dumps(record) + "\n" for record in pretraining_records(case, [relative])]
+    path = folder / f"{split}.jsonl"
+    path.write_text("".join(lines))
+    return path

@@ -188,9 +188,9 @@ def findings(result: dict) -> list[str]:
             f"of the same size covers {photon['blind_coverage']:.0%}: {verdict}")
         if lift <= NOISE:
             lines.append(
-                "ITS ranks visual tokens by the attention the question's tokens pay them at the selection layer; the "
-                "demo's few hundred grounding steps teach a tiny random-initialised backbone little of that attention "
-                "(SGP trains the threshold, not the saliency), which a released backbone brings from pretraining")
+                "ITS ranks visual tokens by the attention the question's tokens pay them at the selection layer; where "
+                "the starting backbone's question tokens do not attend to the asked region, neither does the selection "
+                "(SGP trains the threshold, not the saliency): that attention comes from pretraining")
     lines.append(
         f"the decoder's prefill needs {_ratio(photon['llm_prefill_gflops'], base['llm_prefill_gflops'])} the unpruned FLOPs "
         "(analytic); the measured times below also hold the vision encoder and fixed per-call costs, which no "
@@ -203,19 +203,27 @@ def findings(result: dict) -> list[str]:
     lines.append(
         f"a training step's memory (peak above what it started from): "
         f"{_ratio(timing_p.get('train_step_memory_mb'), timing_b.get('train_step_memory_mb'))} the unpruned model's")
-    grounding = result.get("grounding")
-    check = (grounding or {}).get("check")
+    grounding = result.get("grounding") or {}
+    check = grounding.get("check")
+    grounded = "folder" in grounding  # grounded in this demo, or loaded as pretrained
     if check:
         learned = check["region_accuracy"] - check["region_prior"]
-        verdict = ("grounding taught it the regions" if learned > NOISE else
-                   "grounding taught it the answers' wording, not where lesions are")
+        taught = "grounding" if grounded else "pretraining"
+        verdict = (f"{taught} taught it the regions" if learned > NOISE else
+                   f"{taught} taught it the answers' wording, not where lesions are")
         lines.append(
-            f"the grounded backbone, asked about each quadrant of the {check['cases'] // 4} test volumes as grounding asks "
-            f"(\"Describe the left anterior quadrant.\" -> lesion / clear): accuracy {check['region_accuracy']:.2f}, "
+            f"the {'grounded' if grounded else 'starting'} backbone, asked about each quadrant of the {check['cases'] // 4} "
+            f"test volumes (\"Describe the left anterior quadrant.\" -> lesion / clear): accuracy {check['region_accuracy']:.2f}, "
             f"always the commoner answer {check['region_prior']:.2f}: {verdict}")
-    if grounding:
+    if grounded:
         how = "reused from" if grounding["cached"] else "trained into"
         lines.append(f"grounded backbone {how} {grounding['folder']}; the demo took {result['seconds']:.0f} s")
+    elif grounding.get("pretrained"):
+        made = grounding["pretrained"]
+        lines.append(f"started from the shipped demo backbone {made['weights']} (pretrained {made['steps']} steps, "
+                     f"{made['seconds'] / 3600:.1f} h, by `photon demo --pretrain`); the demo took {result['seconds']:.0f} s")
+    elif grounding:
+        lines.append(f"started from {grounding.get('backbone')} as loaded; the demo took {result['seconds']:.0f} s")
     return lines
 
 

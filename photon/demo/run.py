@@ -64,7 +64,7 @@ def train_config(cfg: DemoConfig, records: Path, out: Path, extra: list[str], *,
         f"data.train={records}",
         f"data.media={json.dumps(ct_options(cfg))}",  # JSON is YAML flow syntax
         f"optim.lr={lr}",
-        f"optim.vit_lr={lr}",  # the tiny backbone's vision tower is random too
+        f"optim.vit_lr={lr}",  # the demo backbones' vision towers are as small and as young as their LLMs
         f"optim.warmup_ratio={cfg.warmup_ratio}",
         "photon.schedule.scale_with_run=true",
         *([f"model.freeze={json.dumps(list(freeze))}"] if freeze else []),
@@ -149,19 +149,33 @@ def ground(cfg: DemoConfig, records: Path) -> tuple[Path, dict, bool]:
     return folder, json.loads(done.read_text()), False  # as a cached run returns them
 
 
-def check_grounding(cfg: DemoConfig, grounded: Path, region_records: Path) -> dict:
-    """The grounded backbone asked about each quadrant of the held-out volumes, as grounding asks:
-    its greedy accuracy next to always giving the commoner answer. Grounding that taught the
-    regions scores above that prior; one that taught only the answer template scores at it."""
+def check_grounding(cfg: DemoConfig, grounded: Path | None, region_records: Path) -> dict:
+    """The starting backbone (grounded here, or pretrained: grounded None) asked about each quadrant
+    of the held-out volumes, as grounding asks: its greedy accuracy next to always giving the
+    commoner answer. A backbone that learned the regions scores above that prior; one that learned
+    only the answer template scores at it."""
     from photon.wrapping import open_model
 
-    loaded = open_model(checkpoint_dir=str(grounded)).loaded
+    loaded = (open_model(checkpoint_dir=str(grounded)) if grounded else open_model(cfg.backbone)).loaded
     scored = evaluate(loaded, region_records, cfg, "grounded", prune=False)
     answers = Counter(json.loads(line)["messages"][-1]["content"] for line in region_records.read_text().splitlines())
     del loaded
     gc.collect()
     return {"cases": scored["cases"], "region_accuracy": scored["accuracy"],
             "region_prior": max(answers.values()) / sum(answers.values()), "predictions": scored["predictions"]}
+
+
+def pretrained_facts(name: str) -> dict:
+    """What the starting backbone brings: for the shipped demo backbone, how it was pretrained (its
+    last held-out check); for others, only the name."""
+    from photon.demo import backbone
+
+    if name != backbone.NAME:
+        return {"backbone": name, "pretrained": None}
+    facts = backbone.facts_of()
+    last = facts["checks"][-1]
+    return {"backbone": name, "pretrained": {"weights": str(backbone.WEIGHTS), "steps": last["step"], "seconds": last["seconds"],
+                                             "held_out": last["held_out"], "settings": facts["settings"]}}
 
 
 def mix_replay(questions: Path, grounding: Path, share: float, seed: int) -> Path:
@@ -621,22 +635,28 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     runs: dict[str, dict] = {}
     pictures: list[str] = []
 
-    grounded = grounding_folder(cfg)
-    say(f"[2/6] grounding {cfg.backbone} on region-wise descriptions ({cfg.grounding_steps} steps of {cfg.batch_size}), "
-        f"cached in {grounded}")
-    grounded, grounding, cached = ground(cfg, ground_records)
-    if cached:
-        say(f"      reused the grounded backbone in {grounded} (same settings; delete the folder to train it again)")
-    grounding["check"] = check_grounding(cfg, grounded, phantoms.write_region_questions(test_records))
-    start = [f"model.checkpoint={grounded}"]
+    region_records = phantoms.write_region_questions(test_records)
+    if cfg.grounding_steps > 0:
+        grounded = grounding_folder(cfg)
+        say(f"[2/6] grounding {cfg.backbone} on region-wise descriptions ({cfg.grounding_steps} steps of {cfg.batch_size}), "
+            f"cached in {grounded}")
+        grounded, grounding, cached = ground(cfg, ground_records)
+        if cached:
+            say(f"      reused the grounded backbone in {grounded} (same settings; delete the folder to train it again)")
+        grounding.update(folder=str(grounded), cached=cached)
+        start = [f"model.checkpoint={grounded}"]
+    else:
+        say(f"[2/6] starting from {cfg.backbone} as loaded (no grounding stage: grounding_steps=0)")
+        grounded, grounding, start = None, pretrained_facts(cfg.backbone), []
+    grounding["check"] = check_grounding(cfg, grounded, region_records)
 
-    say(f"[3/6] finetuning the grounded backbone without pruning ({cfg.steps} steps of {cfg.batch_size})")
+    say(f"[3/6] finetuning the starting backbone without pruning ({cfg.steps} steps of {cfg.batch_size})")
     run, seconds, peak = train_once(cfg, out / "runs" / "unpruned", finetune_records, NO_PRUNING + start, freeze=cfg.freeze)
     runs["unpruned"] = {"training": training_facts(read_log(run.log_path), seconds, peak)}
     base = release(run)
     del run
 
-    say(f"[4/6] finetuning the grounded backbone with Photon phase 2 (stages full / soft / hard / flip scaled to {cfg.steps} steps)")
+    say(f"[4/6] finetuning the starting backbone with Photon phase 2 (stages full / soft / hard / flip scaled to {cfg.steps} steps)")
     run, seconds, peak = train_once(cfg, out / "runs" / "photon", finetune_records, start + [f"photon.{o}" for o in cfg.photon],
                                     freeze=cfg.freeze)
     log = read_log(run.log_path)
@@ -684,7 +704,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     scaled = efficiency(cfg, runs["photon"]["keep_ratio"], layer)
     result = {
         "settings": dataclasses.asdict(cfg),
-        "grounding": {**grounding, "folder": str(grounded), "cached": cached},
+        "grounding": grounding,
         "runs": runs,
         "efficiency": scaled,
         "answer_prior_accuracy": prior,
