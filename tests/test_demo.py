@@ -351,7 +351,7 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
     # The larger-model timing: stock and Photon at Photon's keep ratio and layer.
     scaled = result["efficiency"]
     photon_layer = next(int(o.split("=")[1]) for o in result["settings"]["photon"] if o.startswith("selection.layer="))
-    assert scaled["visual_tokens"] == 64 and scaled["layer"] == photon_layer == 4
+    assert scaled["visual_tokens"] == 64 and scaled["layer"] == photon_layer == 2
     assert scaled["keep_ratio"] == pytest.approx(runs["photon"]["keep_ratio"], abs=1e-3)
     assert 0 < scaled["ratios"]["prefill_s"] and scaled["ms"]["unpruned"]["prefill_s"] > 0
     assert [t["held"] in (True, False, None) for t in result["targets"]] == [True] * 12
@@ -372,7 +372,7 @@ def test_demo_json_reports_both_runs_and_writes_its_pictures(tmp_path):
         assert len(Path(row["predictions"]).read_text().splitlines()) == 6
     at_half = [r for r in curve["rows"] if r["keep"] == 0.5]
     assert all(r["keep_ratio"] == pytest.approx(0.5) for r in at_half)  # 4 of 8 tokens each
-    assert {r["layer"] for r in curve["rows"] if r["pruner"] in ("zero-shot ITS", "random")} == {4}
+    assert {r["layer"] for r in curve["rows"] if r["pruner"] in ("zero-shot ITS", "random")} == {2}
     assert curve["photon"]["keep_ratio"] == runs["photon"]["keep_ratio"]
     from PIL import Image
 
