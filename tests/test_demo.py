@@ -62,8 +62,11 @@ def test_a_left_anterior_lesion_is_in_the_first_rows_and_columns():
     rows, cols = np.nonzero(mask.any(axis=0))
     assert rows.max() < SHAPE[1] // 2 and cols.max() < SHAPE[2] // 2
     volume = phantoms.render(phantoms.Case("x", "where", "q", "left anterior", "left anterior", (lesion,), SHAPE), rng)
-    # enhancing lesions (600 HU) stand above every structure (bone-like ring 350 HU at most)
-    assert volume[mask].min() > 450 and volume[~mask].max() < 450
+    # enhancing lesions (600 HU) stand above every structure of the body (bone-like ring 350 HU at most)
+    body, _ = phantoms.body_masks(SHAPE)
+    assert volume[mask].min() > 450 and volume[~mask & body].max() < 450
+    # and the couch under it is the brightest thing in every volume: min-max maps every phantom alike
+    assert volume.max() == phantoms.COUCH and volume.min() == phantoms.AIR
 
 
 def test_relevant_tokens_are_the_asked_quadrant_or_the_lesions():
@@ -124,6 +127,7 @@ def test_each_grounding_description_matches_its_phantom(tmp_path):
             assert whole["meta"]["lesions"] == []
             continue
         frames = load_ct(tmp_path / whole["videos"][0], size=list(SHAPE), preprocess=False).frames[:, 0]
+        frames = np.where(phantoms.body_masks(SHAPE)[0], frames, 0)  # the body: the couch is brighter still
         top = frames.max()
         for quadrant, (rows_, cols) in blocks.items():
             brightest = frames[:, rows_, cols].max()
@@ -148,6 +152,7 @@ def test_region_questions_ask_grounding_s_question_of_each_test_volume(tmp_path)
     for case, asked in zip(cases, (rows[i:i + 4] for i in range(0, len(rows), 4))):
         held = {lesion["quadrant"] for lesion in case["meta"]["lesions"]}
         frames = load_ct(tmp_path / case["videos"][0], size=list(SHAPE), preprocess=False).frames[:, 0]
+        frames = np.where(phantoms.body_masks(SHAPE)[0], frames, 0)  # the body: the couch is brighter still
         for record, quadrant in zip(asked, phantoms.QUADRANTS):
             assert record["videos"] == case["videos"] and record["meta"]["region"] == quadrant
             assert record["meta"]["kind"] == "describe" and record["meta"]["lesions"] == case["meta"]["lesions"]
@@ -196,12 +201,12 @@ def test_a_finished_grounding_run_is_reused_and_any_setting_change_retrains(tmp_
     from photon.demo import run as demo_run
     from photon.demo.config import DemoConfig
 
-    cfg = DemoConfig(grounding_cache=str(tmp_path / "cache"))
+    cfg = DemoConfig(grounding_cache=str(tmp_path / "cache"), grounding_steps=250)
     folder = demo_run.grounding_folder(cfg)
     assert folder.parent == tmp_path / "cache"
     assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, grounding_steps=7)) != folder
-    assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, volume=[8, 112, 112])) != folder
-    assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, steps=7)) == folder  # finetuning only
+    assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, grounding_steps=250, volume=[8, 112, 112])) != folder
+    assert demo_run.grounding_folder(DemoConfig(grounding_cache=cfg.grounding_cache, grounding_steps=250, steps=7)) == folder  # finetuning only
     trained = []
 
     class FakeRun:

