@@ -297,21 +297,28 @@ def description_record(case: Case, videos: list[str], region: str | None) -> dic
 def write_grounding(folder: str | Path, n: int, seed: int, shape) -> Path:
     """n volumes of the same kind as the question set (their own seed stream), each described as
     a whole and region by region (five records per volume): ground.jsonl. Deterministic."""
+    describe_each = lambda case, videos: [description_record(case, videos, r) for r in (None, *QUADRANTS)]  # noqa: E731
+    return _write_asked(folder, "ground", n, seed, shape, LESION_COUNT_PROBS, describe_each, digits=4)
+
+
+def _write_asked(folder, split: str, n: int, seed: int, shape, counts, records_of, *, digits: int) -> Path:
+    """n volumes from `split`'s own seed stream (0-3 lesions with probabilities `counts`), each
+    written as NIfTI and asked `records_of(case, videos)`: SPLIT.jsonl."""
     import nibabel as nib
 
     folder = Path(folder)
     (folder / "volumes").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, SPLITS.index("ground"), n])
+    rng = np.random.default_rng([seed, SPLITS.index(split), n])
     lines = []
     for i in range(n):
-        count = int(rng.choice(4, p=LESION_COUNT_PROBS))
+        count = int(rng.choice(4, p=counts))
         quadrants = [QUADRANTS[k] for k in rng.permutation(4)[:count]]
-        case = Case(f"demo-ground-{i:04d}", "describe", DESCRIBE_ALL, "", None,
+        case = Case(f"demo-{split}-{i:0{digits}d}", "describe", DESCRIBE_ALL, "", None,
                     tuple(_place(q, rng, shape) for q in quadrants), tuple(shape))
         relative = f"volumes/{case.id}.nii.gz"
         nib.save(to_nifti(render(case, rng), case.spacing), str(folder / relative))
-        lines += [json.dumps(description_record(case, [relative], region)) + "\n" for region in (None, *QUADRANTS)]
-    path = folder / "ground.jsonl"
+        lines += [json.dumps(record) + "\n" for record in records_of(case, [relative])]
+    path = folder / f"{split}.jsonl"
     path.write_text("".join(lines))
     return path
 
@@ -384,22 +391,6 @@ def write_pretraining(folder: str | Path, split: str, n: int, seed: int, shape) 
     """n volumes of the demo's kind (their own seed stream: split "pretrain" or "pretrain-check",
     never the demo's train/test/ground streams), each asked everything (pretraining_records):
     SPLIT.jsonl. Deterministic."""
-    import nibabel as nib
-
     if split not in ("pretrain", "pretrain-check"):
         raise ValueError(f"pretraining writes the 'pretrain' or 'pretrain-check' split, not {split!r}")
-    folder = Path(folder)
-    (folder / "volumes").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, SPLITS.index(split), n])
-    lines = []
-    for i in range(n):
-        count = int(rng.choice(4, p=PRETRAIN_COUNT_PROBS))
-        quadrants = [QUADRANTS[k] for k in rng.permutation(4)[:count]]
-        case = Case(f"demo-{split}-{i:05d}", "describe", DESCRIBE_ALL, "", None,
-                    tuple(_place(q, rng, shape) for q in quadrants), tuple(shape))
-        relative = f"volumes/{case.id}.nii.gz"
-        nib.save(to_nifti(render(case, rng), case.spacing), str(folder / relative))
-        lines += [json.dumps(record) + "\n" for record in pretraining_records(case, [relative])]
-    path = folder / f"{split}.jsonl"
-    path.write_text("".join(lines))
-    return path
+    return _write_asked(folder, split, n, seed, shape, PRETRAIN_COUNT_PROBS, pretraining_records, digits=5)
