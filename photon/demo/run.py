@@ -687,8 +687,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     for label, timing in time_side_by_side(timed, train_records, test_records, cfg).items():
         runs[label]["timing"] = timing
     if cfg.random_control:
-        # The blind control: the same trained model, tokens kept at random at Photon's own rate and layer.
-        photon.attach(trained.model, pruner="random", keep_ratio=runs["photon"]["keep_ratio"], layer=layer)
+        # The blind control: the same trained model, tokens kept at random at Photon's own rate, layer
+        # and cache rule.
+        cache = trained.model._photon.config.cache
+        photon.attach(trained.model, pruner="random", keep_ratio=runs["photon"]["keep_ratio"], layer=layer, cache=cache)
         runs["random"] = {"training": None, "timing": None, **evaluate(trained, test_records, cfg, "random", prune=True)}
     prior, prior_by_kind = prior_accuracy(train_records, test_records)
     curve = pruner_curve(base, cfg, test_records, layer, runs["photon"])
