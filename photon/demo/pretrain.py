@@ -94,8 +94,8 @@ class Volumes:
 
 
 def answer_logits(model, batch: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits over the vocabulary rows at every position that predicts an answer token, the
-    targets' indices into `rows`' vocabulary order, and each position's sample index."""
+    """Logits over the vocabulary rows at every position that predicts an answer token, the answer
+    token ids there (the caller maps them to `rows`' order), and each position's sample index."""
     from photon.adapters.qwen_inputs import model_inputs
 
     inputs = model_inputs(batch)
