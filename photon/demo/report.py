@@ -153,9 +153,13 @@ def targets(result: dict) -> list[dict]:
     return out
 
 
+def _verdict(target: dict) -> str:
+    mark = {True: "held", False: "MISSED", None: "not measured"}[target["held"]]
+    return f"{mark}: {target['target']} ({target['measured']})"
+
+
 def verdicts(result: dict) -> list[str]:
-    mark = {True: "held", False: "MISSED", None: "not measured"}
-    return [f"{mark[t['held']]}: {t['target']} ({t['measured']})" for t in result.get("targets") or targets(result)]
+    return [_verdict(t) for t in result.get("targets") or targets(result)]
 
 
 def findings(result: dict) -> list[str]:
@@ -230,12 +234,16 @@ def findings(result: dict) -> list[str]:
 
 
 # -- several runs (seeds) side by side ------------------------------------------------------------
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def _spread(values: list[float | None], pattern: str = "{:.2f}") -> str:
     """mean [min-max] of the values a figure took over the runs ("-" where none measured it)."""
-    values = [v for v in values if v is not None]
-    if not values:
+    mean, values = _mean(values), [v for v in values if v is not None]
+    if mean is None:
         return "-"
-    mean = sum(values) / len(values)
     if len(values) == 1:
         return pattern.format(mean)
     return f"{pattern.format(mean)} [{pattern.format(min(values))}-{pattern.format(max(values))}]"
@@ -257,11 +265,6 @@ SPREAD_COLUMNS = (
     ("lift", _lift),
     ("quadrant Jaccard", lambda run: (run.get("region_jaccard") or {}).get("mean")),
 )
-
-
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def mean_targets(results: list[dict]) -> list[dict]:
@@ -347,8 +350,6 @@ def spread_report(results: list[dict]) -> str:
             held.setdefault(t["target"], []).append(t["held"])
     lines += ["", "targets (runs that held each):"]
     lines += [f"- {sum(v is True for v in values)} of {len(values)}: {name}" for name, values in held.items()]
-    mark = {True: "held", False: "MISSED", None: "not measured"}
-    lines += ["", "targets on the means over the runs:"]
-    lines += [f"- {mark[t['held']]}: {t['target']} ({t['measured']})" for t in mean_targets(results)]
+    lines += ["", "targets on the means over the runs:", *(f"- {_verdict(t)}" for t in mean_targets(results))]
     lines += ["", f"wall time {_spread([r.get('seconds') for r in results], '{:.0f}')} s"]
     return "\n".join(lines)
